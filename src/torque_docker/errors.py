@@ -1,0 +1,60 @@
+"""One root exception, and subclasses that say whose fault a failure is.
+
+Torque gives an exit code a meaning (torque-facts.md): on the mother superior 1 aborts
+the job, anything else requeues it, and a sister's non-zero marks the NODE down. So the
+first thing any failure must say is whether the user can fix it (abort, never requeue),
+or the node is at fault (requeue, bounded). `cli.py` is the only place that turns these
+into exit codes; everything else raises.
+"""
+from __future__ import annotations
+
+
+class TorqueDockerError(Exception):
+    """Root of every error the package raises on purpose.
+
+    ``message`` says what is wrong, ``fix`` what to do about it; both reach the user
+    (or admin) as one ``torque-docker: ...`` line, so keep them short and concrete.
+    """
+
+    #: True when the job's own request is at fault: abort, never requeue.
+    user_error = False
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.fix}" if self.fix else self.message
+
+
+class RequestError(TorqueDockerError):
+    """The job's ``-l other=...`` request is malformed or names something unknown."""
+
+    user_error = True
+
+
+class PolicyError(TorqueDockerError):
+    """The request is well-formed but the site policy does not allow it."""
+
+    user_error = True
+
+
+class ImageError(TorqueDockerError):
+    """The image cannot be used (missing, unpullable, no sshd); user_error decides who fixes it."""
+
+    def __init__(self, message: str, fix: str = "", *, user_error: bool = True) -> None:
+        super().__init__(message, fix)
+        self.user_error = user_error
+
+
+class ConfigError(TorqueDockerError):
+    """The node's configuration (config file, secret, templates) is wrong: the admin's to fix."""
+
+
+class NodeFault(TorqueDockerError):
+    """Something on the node failed (Docker down, ports exhausted, sshd not answering)."""
+
+
+class NotOurs(Exception):
+    """The job asked for no image: every hook leaves it alone. Not an error."""

@@ -1,0 +1,117 @@
+"""Per-job secrets derived from one site secret, so nodes agree without talking.
+
+Sisters finish their prologue before the mother superior's starts and cannot send it
+anything (torque-facts.md). Everything the MS needs to know about a sister's containers
+except the port each one finally took is therefore computed, on every node alike, as
+HMAC-SHA256(site secret, purpose | job id | ...): the job's user key pair, the sshd host
+key, the banner token, and the candidate ports. HMAC keeps one job's keys from saying
+anything about another's, and the secret file is root-only like munge.key.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Tuple
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .errors import ConfigError
+
+SECRET_BYTES = 32
+
+
+def generate_secret(path: str, *, force: bool = False) -> str:
+    """Write a new site secret (root, 0400) and return its fingerprint."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{path} already exists", "copy the same file to every node; use --force only to replace it everywhere")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(SECRET_BYTES) + "\n")
+    os.replace(tmp, target)
+    return fingerprint(load_secret(path))
+
+
+def load_secret(path: str) -> bytes:
+    try:
+        info = os.stat(path)
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"the site secret {path} is missing",
+                          "run 'torque-docker keygen' once and copy the file to every node (root, mode 0400)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the site secret {path}: {exc}", "it must be readable by root") from None
+    if info.st_uid != 0 or info.st_mode & 0o077:
+        raise ConfigError(f"the site secret {path} is readable by others (mode {info.st_mode & 0o777:o}, uid {info.st_uid})",
+                          f"chown root {path} && chmod 0400 {path}")
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"the site secret {path} is not hex", "regenerate it with 'torque-docker keygen --force' on one node and copy it") from None
+    if len(secret) < 16:
+        raise ConfigError(f"the site secret {path} is too short", "regenerate it with 'torque-docker keygen --force'")
+    return secret
+
+
+def fingerprint(secret: bytes) -> str:
+    """Safe to show: lets admins compare nodes without revealing the secret."""
+    return "SHA256:" + hashlib.sha256(b"torque-docker fingerprint|" + secret).hexdigest()[:16]
+
+
+def _derive(secret: bytes, *parts: object) -> bytes:
+    message = "|".join(str(p) for p in parts).encode()
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: bytes
+    public_openssh: str   # "ssh-ed25519 AAAA..."
+
+
+def _keypair(seed: bytes, comment: str) -> KeyPair:
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return KeyPair(private, f"{public.decode()} {comment}")
+
+
+@dataclass(frozen=True)
+class JobSecrets:
+    """Everything derived for one job; identical on every node of the job."""
+
+    user_key: KeyPair
+    host_key: KeyPair
+    token: str
+
+    @classmethod
+    def derive(cls, secret: bytes, jobid: str) -> "JobSecrets":
+        return cls(
+            user_key=_keypair(_derive(secret, "user-key", jobid), f"torque-docker-{jobid}"),
+            host_key=_keypair(_derive(secret, "host-key", jobid), f"torque-docker-host-{jobid}"),
+            token="td" + _derive(secret, "token", jobid).hex()[:20],
+        )
+
+
+def candidate_ports(secret: bytes, jobid: str, node_index: int, slot: int, port_range: Tuple[int, int],
+                    count: int) -> List[int]:
+    """Distinct pseudo-random ports for one container, the same on the MS and on the node."""
+    lo, hi = port_range
+    span = hi - lo + 1
+    ports: List[int] = []
+    counter = 0
+    while len(ports) < min(count, span):
+        value = int.from_bytes(_derive(secret, "port", jobid, node_index, slot, counter)[:4], "big")
+        port = lo + value % span
+        if port not in ports:
+            ports.append(port)
+        counter += 1
+    return ports

@@ -1,0 +1,438 @@
+"""The life of a container job on one node: set up in the prologues, torn down in the epilogues.
+
+Data flows one way: HookContext -> JobRequest -> plan -> runtime -> rendered files ->
+state. Set-up either completes or removes what it made; teardown runs every step even
+when some fail, and is safe to run any number of times (pbs_mom may skip or repeat
+epilogues, see torque-facts.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import keys, plan, policy, probe, render
+from .config import Config, resolve_address
+from .errors import ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError
+from .identity import UserInfo, lookup, reachable_dirs
+from .log import Log
+from .request import JobRequest, Mount, parse_resource_list, request_from_resource_list
+from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
+from .state import NodeState, write_file, write_in_place
+from .torque import HookContext, read_nodefile, safe_jobid
+
+CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
+
+
+class Timer:
+    """Per-step wall times, reported in one line so slow steps and nodes stand out."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last = self.start
+        self.steps: List[Tuple[str, float]] = []
+
+    def step(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append((name, now - self.last))
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return time.monotonic() - self.start
+
+    def line(self) -> str:
+        return " ".join(f"{name}={seconds:.2f}s" for name, seconds in self.steps)
+
+
+@dataclass
+class Setup:
+    """What a prologue made; enough to undo it."""
+
+    jobid: str
+    containers: List[Dict[str, object]] = field(default_factory=list)
+    summary: str = ""
+
+
+def runtime_for(cfg: Config) -> Runtime:
+    return Runtime(cfg.docker_endpoint, cfg.docker_api_timeout)
+
+
+# --------------------------------------------------------------------------- prologue
+def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
+    timer = Timer()
+    request = request_from_resource_list(ctx.resource_list)
+    image = policy.resolve_image(request.image, cfg)
+    model = request.model or cfg.jobs_default_model
+    run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
+    extra_mounts = policy.check_mounts(request.mounts, cfg) + policy.default_mounts(cfg)
+    user = lookup(ctx.user, ctx.group)
+    secret = keys.load_secret(cfg.paths_secret_file)
+    secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
+
+    def ports(node_index: int, slot: int) -> List[int]:
+        return keys.candidate_ports(secret, ctx.jobid, node_index, slot, cfg.network_port_range,
+                                    cfg.network_port_candidates)
+
+    if ctx.is_ms:
+        hosts = read_nodefile(Path(ctx.nodefile).read_text())
+        nodes = plan.plan_job(ctx.jobid, hosts, model, ports)
+        local = nodes[0]
+    else:
+        count = 1 if model == "node" else plan.local_slot_count(
+            ctx.node_index, parse_resource_list(ctx.resource_list), ctx.environ)
+        nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
+    timer.step("plan")
+
+    state = NodeState(cfg.paths_state_dir)
+    state.ensure()
+    runtime = runtime_for(cfg)
+    # A requeued job starts again from scratch on this node.
+    teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
+    reference = ensure_image(runtime, image, cfg, log, ctx.jobid)
+    image_id = runtime.image_id(reference) or reference
+    timer.step("image")
+
+    address = cfg.listen_address()
+    binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid))
+    setup = Setup(ctx.jobid)
+    try:
+        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR")
+        state.save_job(ctx.jobid, {"jobid": ctx.jobid, "user": user.name, "node_index": ctx.node_index,
+                                   "host": cfg.node_name(), "ms": ctx.is_ms, "image": reference,
+                                   "containers": [], "started": time.time()})
+        timer.step("files")
+        started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, binds,
+                                   secrets_.token)
+        setup.containers = started
+        record = state.load_job(ctx.jobid)
+        record["containers"] = started
+        state.save_job(ctx.jobid, record)
+        timer.step("start")
+        if ctx.is_ms:
+            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer)
+            write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]))
+        count = sum(len(n.containers) for n in nodes) if ctx.is_ms else len(started)
+        where = f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms else f"{count} container(s)"
+        setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
+                         f"{where}, ready in {timer.total:.1f} s")
+        log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")
+        return setup
+    except BaseException:
+        undone = teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
+        for error in undone.errors:
+            log.error(ctx.jobid, f"cleanup after failed {ctx.kind}: {error}")
+        raise
+
+
+def starter_installed(pbs_home: Path) -> bool:
+    """Is our job starter pbs_mom's ``$job_starter``? Only then can the script move into the container."""
+    try:
+        text = (Path(pbs_home) / "mom_priv" / "config").read_text()
+    except OSError:
+        return False
+    return any(line.split()[:1] == ["$job_starter"] and "torque-docker" in line for line in text.splitlines())
+
+
+def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
+    if not starter_installed(pbs_home):
+        if request.run == "container":
+            raise PolicyError("run=container needs the torque-docker job starter, which this node lacks",
+                              "use run=host, or ask the admin to run 'torque-docker install' (it sets $job_starter)")
+        return "host"
+    return request.run or cfg.jobs_default_run
+
+
+def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config, run: str, alias: str,
+                       refusal: str = "") -> None:
+    """What the job starter (running as the user) needs: where and how to run the script."""
+    ctr = state.ctr_dir(jobid)
+    info = {"jobid": jobid, "run": run, "alias": alias, "ctr_dir": str(ctr), "shell": user.shell,
+            "ssh_config": str(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"),
+            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "refusal": refusal}
+    write_file(ctr / "starter.json", json.dumps(info, indent=1), 0o600, uid=user.uid, gid=user.gid)
+
+
+def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str) -> str:
+    if image.tarball:
+        tags = runtime.load(image.tarball)
+        if not tags:
+            raise ImageError(f"{image.tarball} holds no image", "make it with 'docker save NAME:TAG > file.tar'")
+        log.info(jobid, f"loaded {image.tarball}: {', '.join(tags)}")
+        return tags[0]
+    present = runtime.image_id(image.reference) is not None
+    if cfg.images_pull == "always" or (not present and cfg.images_pull == "missing"):
+        try:
+            runtime.pull(image.reference, cfg.images_pull_timeout)
+        except ImageError:
+            if not present:
+                raise
+            log.warning(jobid, f"pull of {image.reference} failed; using the local copy")
+    elif not present:
+        raise ImageError(f"image {image.reference} is not on this node and the site does not pull images",
+                         "ask the admin to stage it with 'torque-docker stage IMAGE'")
+    return image.reference
+
+
+def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path) -> List[Tuple[str, str, bool]]:
+    """Host paths the containers see: the job's files, the user's home and working directory."""
+    binds = [
+        (str(ctr_dir), CTR_DIR, False),
+        (str(ctr_dir / "passwd"), "/etc/passwd", True),
+        (str(ctr_dir / "group"), "/etc/group", True),
+        (str(ctr_dir / "ssh_config"), "/etc/ssh/ssh_config", True),
+    ]
+    home = os.path.realpath(user.home)
+    own_dirs = [user.home]
+    if workdir and os.path.isabs(workdir):
+        real = os.path.realpath(workdir)
+        if not (real == home or real.startswith(home.rstrip("/") + "/")):
+            own_dirs.append(real)
+    ok = reachable_dirs(user, own_dirs + [m.source for m in extra])
+    if not ok[0]:
+        raise NodeFault(f"the home directory {user.home} of {user.name} is not reachable on this node",
+                        "mount the home file system on this node")
+    if len(own_dirs) > 1 and not ok[1]:
+        raise RequestError(f"the working directory {workdir} cannot be reached by {user.name}",
+                           "submit from a directory you can read")
+    binds += [(path, path, False) for path in own_dirs]
+    for mount, reachable in zip(extra, ok[len(own_dirs):]):
+        if not reachable:
+            raise RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
+                               "ask for a directory you can read")
+        binds.append((mount.source, mount.target, mount.read_only))
+    return binds
+
+
+def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys.JobSecrets, cfg: Config,
+                    log_level: str) -> None:
+    """The job's directory: root-owned 0755 with ``ctr/`` owned by the user, 0700 (keys inside)."""
+    job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
+    job_dir.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(job_dir, 0o755)
+    if ctr.is_symlink():
+        raise NodeFault(f"{ctr} is a symlink", "remove it; somebody tampered with the state directory")
+    ctr.mkdir(mode=0o700, exist_ok=True)
+    os.chown(ctr, user.uid, user.gid)
+    os.chmod(ctr, 0o700)
+    own = dict(uid=user.uid, gid=user.gid)
+    write_file(ctr / "ssh_host_ed25519_key", secrets_.host_key.private_openssh, 0o600, **own)
+    write_file(ctr / "ssh_host_ed25519_key.pub", secrets_.host_key.public_openssh + "\n", 0o644, **own)
+    write_file(ctr / "id_ed25519", secrets_.user_key.private_openssh, 0o600, **own)
+    write_file(ctr / "id_ed25519.pub", secrets_.user_key.public_openssh + "\n", 0o644, **own)
+    write_file(ctr / "authorized_keys", secrets_.user_key.public_openssh + "\n", 0o600, **own)
+    host_key = " ".join(secrets_.host_key.public_openssh.split()[:2])
+    write_file(ctr / "known_hosts", render.render("known_hosts.j2", cfg.paths_template_dir,
+                                                  alias_pattern=plan.alias_pattern(jobid), host_key=host_key),
+               0o644, **own)
+    write_file(ctr / "sshd_config", render.render("sshd_config.j2", cfg.paths_template_dir, jobid=jobid,
+                                                  user=user.name, ctr_dir=CTR_DIR, token=secrets_.token,
+                                                  log_level=log_level), 0o644, **own)
+    write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
+               0o644, **own)
+    write_file(ctr / "passwd", render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, user.shell),
+               0o644)
+    write_file(ctr / "group", render.group_text(user.name, user.groups), 0o644)
+
+
+def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookContext, user: UserInfo,
+                     local: plan.NodePlan, image: str, address: str,
+                     binds: List[Tuple[str, str, bool]], token: str) -> List[Dict[str, object]]:
+    """Start this node's containers in parallel; each returns once its sshd answers."""
+    deadline = time.monotonic() + cfg.ssh_ready_timeout
+    host = cfg.node_name()
+
+    def one(container: plan.ContainerPlan) -> Dict[str, object]:
+        tried: List[int] = []
+        while True:
+            port = state.reserve_port(ctx.jobid, address, container.candidates, skip=tried)
+            tried.append(port)
+            spec = ContainerSpec(
+                image=image, name=container.name, hostname=container.alias,
+                command=(cfg.ssh_sshd_path, "-D", "-e", "-f", f"{CTR_DIR}/sshd_config",
+                         "-o", f"ListenAddress={address}:{port}"),
+                user=f"{user.uid}:{user.gid}", group_add=tuple(str(g) for g in user.gids[1:]),
+                labels={L_JOB: ctx.jobid, L_HOST: host, L_NODE: str(ctx.node_index), L_SLOT: str(container.slot),
+                        L_ALIAS: container.alias, L_USER: user.name, L_PORT: str(port)},
+                binds=tuple(binds), shm_size=cfg.jobs_shm_size,
+                cgroup_parent=cfg.cgroups_parent or None,
+            )
+            ident = runtime.start(spec)
+            try:
+                probe.wait_for_sshd(address, port, token, deadline,
+                                    still_running=lambda: runtime.state(ident)[0] in ("running", "created"))
+                return {"id": ident, "name": container.name, "alias": container.alias, "port": port,
+                        "slot": container.slot, "address": address}
+            except NodeFault as exc:
+                logs = runtime.logs(ident)
+                runtime.remove(ident)
+                state.release_ports(ctx.jobid, [f"{address}:{port}"])
+                busy = "Address already in use" in logs or "Bind to port" in logs
+                if busy and len(tried) < len(container.candidates) and time.monotonic() < deadline:
+                    continue   # somebody took the port between our check and sshd's bind
+                if "No such file" in logs or "not found" in logs:
+                    raise ImageError(f"sshd could not start in image {image}: {logs.splitlines()[-1] if logs else ''}",
+                                     "the image needs openssh-server installed") from None
+                raise NodeFault(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
+
+    containers = list(local.containers)
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(containers)))) as pool:
+        futures = [pool.submit(one, c) for c in containers]
+        results, first_error = [], None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:   # wait for all, then report the first
+                first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+# --------------------------------------------------------------------------- MS: connect the nodes
+def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo, nodes: Sequence[plan.NodePlan],
+                local_started: Sequence[Dict[str, object]], address: str, secrets_: keys.JobSecrets,
+                timer: Timer) -> None:
+    """Find where every sister container listens, write the SSH files, push them, rewrite the nodefile."""
+    endpoints: Dict[str, Tuple[str, int]] = {str(c["alias"]): (address, int(c["port"])) for c in local_started}
+    targets: Dict[str, Tuple[str, Sequence[int]]] = {}
+    for node in nodes[1:]:
+        node_address = resolve_address(node.host)
+        for container in node.containers:
+            targets[container.alias] = (node_address, container.candidates)
+    if targets:
+        found = probe.find_ports(targets, secrets_.token, time.monotonic() + min(15.0, cfg.ssh_ready_timeout))
+        missing = sorted(set(targets) - set(found))
+        if missing:
+            hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})
+            raise NodeFault(f"no container of this job answers on {', '.join(hosts)}",
+                            "see the torque-docker log on that node (its prologue.parallel failed to start it)")
+        for alias, port in found.items():
+            endpoints[alias] = (targets[alias][0], port)
+    timer.step("probe")
+
+    ordered = [{"alias": c.alias, "address": endpoints[c.alias][0], "port": endpoints[c.alias][1]}
+               for n in nodes for c in n.containers]
+    ctr = state.ctr_dir(ctx.jobid)
+    common = dict(jobid=ctx.jobid, user=user.name, containers=ordered)
+    host_text = render.render("ssh_config.j2", cfg.paths_template_dir, identity_file=str(ctr / "id_ed25519"),
+                              known_hosts=str(ctr / "known_hosts"), **common)
+    ctr_text = render.render("ssh_config.j2", cfg.paths_template_dir, identity_file=f"{CTR_DIR}/id_ed25519",
+                             known_hosts=f"{CTR_DIR}/known_hosts", **common)
+    include_dir = Path(cfg.ssh_include_dir)
+    include_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    host_config = include_dir / f"{safe_jobid(ctx.jobid)}.conf"
+    write_file(host_config, host_text, 0o644)
+    write_in_place(ctr / "ssh_config", ctr_text)
+    push_container_config(host_config, [c.alias for n in nodes[1:] for c in n.containers], ctr_text, ctx.jobid)
+    timer.step("render")
+
+    original = Path(ctx.nodefile).read_text()
+    write_file(state.job_dir(ctx.jobid) / "nodefile.orig", original, 0o644)
+    hosts = read_nodefile(original)
+    write_in_place(Path(ctx.nodefile), render.rewrite_nodefile(hosts, plan.slot_alias(nodes)))
+    record = state.load_job(ctx.jobid)
+    record.update(ssh_config=str(host_config), nodefile=str(ctx.nodefile),
+                  aliases=[c["alias"] for c in ordered])
+    state.save_job(ctx.jobid, record)
+    timer.step("nodefile")
+
+
+def ssh_base(host_config: Path) -> List[str]:
+    return ["/usr/bin/ssh", "-F", str(host_config), "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
+
+
+def push_container_config(host_config: Path, aliases: Sequence[str], text: str, jobid: str) -> None:
+    """Sister containers need the job's aliases too (Open MPI tree-spawns from them).
+
+    Their config file is bind-mounted, so writing through the job's own SSH access
+    (truncate + write, same inode) updates what their ssh reads.
+    """
+    def push(alias: str) -> Optional[str]:
+        try:
+            result = subprocess.run(ssh_base(host_config) + [alias, f"cat > {CTR_DIR}/ssh_config"],
+                                    input=text, capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            return f"{alias}: timed out"
+        return None if result.returncode == 0 else f"{alias}: {result.stderr.strip()[:200]}"
+
+    if not aliases:
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(aliases))) as pool:
+        failures = [f for f in pool.map(push, aliases) if f]
+    if failures:
+        raise NodeFault(f"cannot reach the job's containers over ssh: {'; '.join(failures)}",
+                        "check that sshd in the image works as a non-root user")
+
+
+# --------------------------------------------------------------------------- teardown
+@dataclass
+class Teardown:
+    removed: int = 0
+    errors: List[str] = field(default_factory=list)
+
+
+def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, nodefile: Optional[Path] = None,
+             log: Optional[Log] = None) -> Teardown:
+    """Remove everything of jobid on this node. Every step runs; the errors are returned."""
+    result = Teardown()
+    state = NodeState(cfg.paths_state_dir)
+    record = state.load_job(jobid)
+    host = cfg.node_name()
+
+    def step(name: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as exc:   # keep going: the next step must still run
+            result.errors.append(f"{name}: {exc}")
+
+    def remove_containers() -> None:
+        rt = runtime or runtime_for(cfg)
+        idents = {c.id for c in rt.containers(jobid=jobid, host=host)}
+        idents |= {str(c["id"]) for c in record.get("containers", []) if c.get("id")}
+        if not idents:
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(idents))) as pool:
+            outcomes = list(pool.map(lambda i: _try(rt.remove, i), idents))
+        result.removed = sum(1 for o in outcomes if o is True)
+        failures = [str(o) for o in outcomes if isinstance(o, Exception)]
+        if failures:
+            raise NodeFault("; ".join(failures))
+
+    step("containers", remove_containers)
+    step("ports", lambda: state.release_ports(jobid))
+    step("ssh config", lambda: _unlink(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"))
+    if nodefile is not None:
+        step("nodefile", lambda: _restore_nodefile(state, jobid, Path(nodefile)))
+    # The job directory goes last, and only once its containers are gone (gc retries).
+    if not result.errors:
+        step("job directory", lambda: shutil.rmtree(state.job_dir(jobid)) if state.job_dir(jobid).exists() else None)
+    if log is not None and result.removed:
+        log.info(jobid, f"removed {result.removed} container(s) on {host}")
+    return result
+
+
+def _try(fn: Callable[[str], bool], arg: str) -> "bool | Exception":
+    try:
+        return fn(arg)
+    except Exception as exc:
+        return exc
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _restore_nodefile(state: NodeState, jobid: str, nodefile: Path) -> None:
+    saved = state.job_dir(jobid) / "nodefile.orig"
+    if saved.exists() and nodefile.exists():
+        write_in_place(nodefile, saved.read_text())

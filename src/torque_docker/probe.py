@@ -1,0 +1,73 @@
+"""Finding and waiting for a container's sshd by its banner.
+
+The banner is the first thing sshd sends, and our sshd_config appends the job's token to
+it (``VersionAddendum``), so a connect + one read proves "this job's sshd, up and
+accepting" without any key exchange. The mother superior uses the same probe to learn
+which candidate port each sister's container took.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from .errors import NodeFault
+
+
+def read_banner(address: str, port: int, timeout: float = 1.0) -> Optional[str]:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = b""
+            while b"\n" not in data and len(data) < 512:
+                chunk = sock.recv(512)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode("ascii", "replace").strip()
+    except OSError:
+        return None
+
+
+def banner_matches(banner: Optional[str], token: str) -> bool:
+    return bool(banner) and banner.startswith("SSH-2.0-") and banner.split()[-1] == token
+
+
+def wait_for_sshd(address: str, port: int, token: str, deadline: float,
+                  still_running: Callable[[], bool], interval: float = 0.02) -> None:
+    """Return once the job's sshd answers on address:port; raise when the container dies or time is up."""
+    while True:
+        if banner_matches(read_banner(address, port, timeout=1.0), token):
+            return
+        if not still_running():
+            raise NodeFault(f"sshd in the container exited before answering on {address}:{port}")
+        if time.monotonic() >= deadline:
+            raise NodeFault(f"sshd did not answer on {address}:{port} in time",
+                            "the node may be overloaded; raise [ssh] ready_timeout")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.25)
+
+
+def find_ports(targets: Dict[str, Tuple[str, Sequence[int]]], token: str, deadline: float) -> Dict[str, int]:
+    """For each alias -> (address, candidates): the candidate whose banner carries the token.
+
+    Sisters' containers were up before the MS prologue started, so one pass normally
+    finds them all; retries cover a slow node until the deadline. Returns only the found.
+    """
+    found: Dict[str, int] = {}
+
+    def probe(item: Tuple[str, str, int]) -> Tuple[str, int, bool]:
+        alias, address, port = item
+        return alias, port, banner_matches(read_banner(address, port, timeout=1.0), token)
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        while True:
+            work = [(alias, address, port) for alias, (address, ports) in targets.items()
+                    if alias not in found for port in ports]
+            for alias, port, ok in pool.map(probe, work):
+                if ok:
+                    found[alias] = port
+            if len(found) == len(targets) or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.2)

@@ -1,0 +1,68 @@
+"""Text the package writes: sshd/ssh configs, known_hosts, passwd/group, the nodefile.
+
+All functions here are pure (input -> text), so they are tested against expected files.
+Templates come from the site's directory first (admins may override any of them), then
+from the package; a missing variable is an error, never an empty string.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import jinja2
+
+from .errors import ConfigError
+
+PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
+SHARED_TEMPLATES = Path("/usr/share/torque-docker/templates")
+
+_environments: Dict[str, jinja2.Environment] = {}
+
+
+def environment(site_dir: Optional[str] = None) -> jinja2.Environment:
+    key = site_dir or ""
+    if key not in _environments:
+        search = [p for p in (site_dir, str(SHARED_TEMPLATES), str(PACKAGE_TEMPLATES)) if p]
+        _environments[key] = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(search),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
+    return _environments[key]
+
+
+def render(name: str, site_dir: Optional[str] = None, **variables: object) -> str:
+    try:
+        return environment(site_dir).get_template(name).render(**variables)
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"template {name}: {exc.message}",
+                          "a site template in the template_dir uses a variable the package does not provide") from None
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"template {name}: {exc}", "fix or remove the site's copy of the template") from None
+
+
+def passwd_text(user: str, uid: int, gid: int, gecos: str, home: str, shell: str) -> str:
+    """The container's /etc/passwd: root and the job user only (sshd needs the user to exist)."""
+    return (f"root:x:0:0:root:/root:/bin/sh\n"
+            f"{user}:x:{uid}:{gid}:{_clean(gecos)}:{home}:{shell}\n")
+
+
+def group_text(user: str, groups: Sequence[tuple]) -> str:
+    """The container's /etc/group: root and the user's groups ``(name, gid)``."""
+    lines = ["root:x:0:"]
+    for name, gid in groups:
+        if gid != 0:
+            lines.append(f"{name}:x:{gid}:{user}")
+    return "\n".join(lines) + "\n"
+
+
+def _clean(text: str) -> str:
+    return "".join(ch for ch in text if ch not in ":\n\r\0")
+
+
+def rewrite_nodefile(hosts: Sequence[str], slot_alias: Mapping[int, str]) -> str:
+    """Torque's format (one line per slot) with each slot's container alias."""
+    return "".join(f"{slot_alias[i]}\n" for i in range(len(hosts)))

@@ -1,0 +1,141 @@
+"""The job starter: the one place that can change the job's environment and where it runs.
+
+pbs_mom execs ``[starter, shell]`` as the job user, with stdin a pipe holding the path of
+the job script and its ``-F`` arguments (torque-facts.md). For a job without an image we
+exec the shell at once, untouched. For a container job we export the launcher settings
+(both MPIs use ssh with the job's aliases) and, with ``run=container``, run the script in
+the mother superior's container through the job's own SSH alias: the starter runs as the
+user, so it cannot use the Docker socket, and needs no privilege this way.
+
+Kept light on imports: it runs in front of every job on the node.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+CTR_DIR = "/run/torque-docker"
+STARTER_FILE = "starter.json"
+
+#: Launcher settings every container job gets (field-notes.md, "Open MPI traps").
+LAUNCHER_ENV: Dict[str, str] = {
+    "OMPI_MCA_plm": "rsh",                             # never TM: ranks must go through ssh into containers
+    "OMPI_MCA_plm_rsh_agent": "ssh",
+    "OMPI_MCA_ras": "^tm",                             # the allocation is the rewritten nodefile
+    "OMPI_MCA_orte_set_default_slots": "none",         # count nodefile lines, not cores seen in a container
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # CMA is blocked by Docker's seccomp profile
+    "OMPI_MCA_btl_tcp_if_exclude": "127.0.0.1/8,sppp,docker0",
+    "OMPI_MCA_oob_tcp_if_exclude": "127.0.0.1/8,sppp,docker0",
+    "HYDRA_LAUNCHER": "ssh",                           # MPICH: ssh, not a TM/PBS launcher
+    "HYDRA_BOOTSTRAP": "ssh",
+}
+
+
+def _state_dir() -> str:
+    from .config import load
+    return load().paths_state_dir
+
+
+def job_info(jobid: str) -> Optional[dict]:
+    """What the MS prologue left for the starter (user-owned, in the job's directory)."""
+    from .torque import safe_jobid
+    try:
+        path = Path(_state_dir()) / "jobs" / safe_jobid(jobid) / "ctr" / STARTER_FILE
+        return json.loads(path.read_text())
+    except (OSError, ValueError, Exception):
+        return None
+
+
+def filtered_env(environ: Mapping[str, str], deny: Sequence[str], allow: Sequence[str]) -> Dict[str, str]:
+    """The job's variables that make sense inside the image (host paths and loaders do not)."""
+    out: Dict[str, str] = {}
+    for name, value in environ.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in deny):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in allow):
+            out[name] = value
+    return out
+
+
+def read_job_line(stream) -> List[str]:
+    """The script path and -F arguments pbs_mom writes into the starter's stdin."""
+    line = stream.readline()
+    return shlex.split(line) if line.strip() else []
+
+
+def remote_command(workdir: str, env: Mapping[str, str], shell: str, script: str, args: Sequence[str]) -> str:
+    """A command line for the container: record our pid (to signal the whole job), then exec."""
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    return (f"echo $$ > {CTR_DIR}/job.pid; cd {shlex.quote(workdir)} || exit 1; "
+            f"exec env -i {assignments} {shlex.quote(shell)} {shlex.quote(script)} "
+            + " ".join(shlex.quote(a) for a in args))
+
+
+def main(argv: Sequence[str]) -> int:
+    shell = argv[1] if len(argv) > 1 else "/bin/sh"
+    jobid = os.environ.get("PBS_JOBID", "")
+    batch = len(argv) == 2 and os.environ.get("PBS_ENVIRONMENT") in ("PBS_BATCH", "PBS_INTERACTIVE")
+    info = job_info(jobid) if jobid and batch else None
+    if info is None:
+        # Not a container job, or a TM-spawned task: exactly what pbs_mom would have run.
+        if len(argv) < 2:
+            print("torque-docker: the job starter was run without a command", file=sys.stderr)
+            return 1
+        os.execv(argv[1], list(argv[1:]))
+    if info.get("refusal"):
+        print(info["refusal"], file=sys.stderr, flush=True)
+        return 1
+    os.environ.update(LAUNCHER_ENV)
+    os.environ["TORQUE_DOCKER_SSH_CONFIG"] = info.get("ssh_config", "")
+    os.environ["TORQUE_DOCKER_ALIAS"] = info.get("alias", "")
+    if info.get("run") != "container":
+        os.execv(shell, [shell])     # run=host: the paper's way, ranks still land in containers
+    return run_in_container(info, shell, sys.stdin)
+
+
+def run_in_container(info: dict, shell: str, stdin) -> int:
+    words = read_job_line(stdin)
+    if not words:
+        print("torque-docker: the job starter got no job script on stdin", file=sys.stderr)
+        return 1
+    script_path, args = words[0], words[1:]
+    ctr_host = Path(info["ctr_dir"])
+    script_in_ctr = f"{CTR_DIR}/job-script"
+    # The script lives in mom_priv/jobs on the host; the container sees the job's directory.
+    text = Path(script_path).read_bytes()
+    fd = os.open(ctr_host / "job-script", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(text)
+    env = filtered_env(os.environ, info.get("env_deny", []), info.get("env_pass", ["*"]))
+    env.update(LAUNCHER_ENV)
+    env.setdefault("HOME", os.environ.get("HOME", "/"))
+    command = remote_command(os.getcwd(), env, info.get("shell", shell), script_in_ctr, args)
+    ssh = ["/usr/bin/ssh", "-T", "-o", "LogLevel=ERROR", info["alias"], command]
+    child = subprocess.Popen(ssh, stdin=subprocess.DEVNULL)
+
+    def forward(signum, _frame):
+        # qdel / walltime: stop the script and everything it started in the container.
+        subprocess.run(["/usr/bin/ssh", "-T", "-o", "LogLevel=ERROR", info["alias"],
+                        f"kill -{signum} -- -$(cat {CTR_DIR}/job.pid) 2>/dev/null; "
+                        f"kill -{signum} $(cat {CTR_DIR}/job.pid) 2>/dev/null"],
+                       stdin=subprocess.DEVNULL, timeout=10, check=False)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except InterruptedError:
+            continue
+    return code if code >= 0 else 128 - code

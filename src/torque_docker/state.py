@@ -1,0 +1,167 @@
+"""Node-local state: per-job directories, port reservations, the original nodefile.
+
+It lives in the configured state_dir, never in ``$PBS_HOME/aux`` (pbs_mom deletes
+unknown files there at start-up). Port allocation is serialised with a file lock so
+concurrent jobs on one node never pick the same port.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from filelock import FileLock, Timeout
+
+from .errors import NodeFault
+from .torque import safe_jobid
+
+LOCK_TIMEOUT = 30.0
+
+
+def write_file(path: Path, data: "str | bytes", mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Atomic write with the final owner and mode set before the file appears."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        os.write(fd, data.encode() if isinstance(data, str) else data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_in_place(path: Path, data: str) -> None:
+    """Rewrite without changing the inode (bind mounts and open handles see the new text)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+class NodeState:
+    def __init__(self, state_dir: str) -> None:
+        self.root = Path(state_dir)
+
+    def ensure(self) -> None:
+        for sub in ("", "jobs"):
+            path = self.root / sub
+            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.chmod(path, 0o755)
+
+    # ---- per-job directory ------------------------------------------------
+    def job_dir(self, jobid: str) -> Path:
+        return self.root / "jobs" / safe_jobid(jobid)
+
+    def ctr_dir(self, jobid: str) -> Path:
+        """Owned by the job user, 0700: keys and the container's configs (mounted at /run/torque-docker)."""
+        return self.job_dir(jobid) / "ctr"
+
+    def job_ids(self) -> List[str]:
+        out = []
+        for path in sorted((self.root / "jobs").glob("*/job.json")):
+            try:
+                out.append(json.loads(path.read_text())["jobid"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
+
+    def load_job(self, jobid: str) -> Dict[str, Any]:
+        try:
+            return json.loads((self.job_dir(jobid) / "job.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save_job(self, jobid: str, record: Dict[str, Any]) -> None:
+        write_file(self.job_dir(jobid) / "job.json", json.dumps(record, indent=1, sort_keys=True), 0o600)
+
+    def remove_job_dir(self, jobid: str) -> None:
+        shutil.rmtree(self.job_dir(jobid), ignore_errors=False) if self.job_dir(jobid).exists() else None
+
+    # ---- attempts (requeue loops) -----------------------------------------
+    def count_attempt(self, jobid: str) -> int:
+        with self._lock():
+            path = self.root / "attempts.json"
+            table = _read_json(path)
+            table[jobid] = table.get(jobid, 0) + 1
+            write_file(path, json.dumps(table), 0o600)
+            return table[jobid]
+
+    def forget_attempts(self, jobid: str) -> None:
+        with self._lock():
+            path = self.root / "attempts.json"
+            table = _read_json(path)
+            if table.pop(jobid, None) is not None:
+                write_file(path, json.dumps(table), 0o600)
+
+    # ---- ports ------------------------------------------------------------
+    def _lock(self) -> FileLock:
+        return FileLock(str(self.root / "node.lock"), timeout=LOCK_TIMEOUT)
+
+    def reserve_port(self, jobid: str, address: str, candidates: Sequence[int], skip: Iterable[int] = ()) -> int:
+        """Take the first candidate no job holds and nothing listens on; record it for jobid."""
+        skip = set(skip)
+        try:
+            with self._lock():
+                path = self.root / "ports.json"
+                table = _read_json(path)
+                for port in candidates:
+                    key = f"{address}:{port}"
+                    if port in skip or key in table or not port_is_free(address, port):
+                        continue
+                    table[key] = {"job": jobid, "time": time.time()}
+                    write_file(path, json.dumps(table, indent=0, sort_keys=True), 0o600)
+                    return port
+        except Timeout:
+            raise NodeFault(f"the port lock {self.root / 'node.lock'} is held for over {LOCK_TIMEOUT:.0f} s",
+                            "look for a hung torque-docker process on this node") from None
+        raise NodeFault(f"none of the job's {len(candidates)} candidate ports on {address} is free",
+                        "widen [network] port_range or port_candidates, or look for what holds the ports")
+
+    def release_ports(self, jobid: str, ports: Optional[Iterable[str]] = None) -> int:
+        """Drop the job's reservations (all of them, or the given ``addr:port`` keys)."""
+        with self._lock():
+            path = self.root / "ports.json"
+            table = _read_json(path)
+            wanted = set(ports) if ports is not None else None
+            keep = {k: v for k, v in table.items()
+                    if v.get("job") != jobid or (wanted is not None and k not in wanted)}
+            removed = len(table) - len(keep)
+            if removed:
+                write_file(path, json.dumps(keep, indent=0, sort_keys=True), 0o600)
+            return removed
+
+    def reserved_ports(self) -> Dict[str, Dict[str, Any]]:
+        return _read_json(self.root / "ports.json")
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return {}
+
+
+def port_is_free(address: str, port: int) -> bool:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            return False
+        raise NodeFault(f"cannot bind {address}:{port}: {exc}",
+                        "is [network] listen_address an address of this node?") from None
+    finally:
+        sock.close()

@@ -1,0 +1,132 @@
+"""What pbs_mom hands a hook: argv positions, environment, cwd (torque-facts.md).
+
+Only this module knows Torque's argv layout, so the rest of the package deals in a
+HookContext and never in ``sys.argv[5]``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import RequestError
+
+PROLOGUES = ("prologue", "prologue.parallel")
+EPILOGUES = ("epilogue", "epilogue.parallel")
+
+
+@dataclass(frozen=True)
+class HookContext:
+    kind: str                 # prologue | prologue.parallel | epilogue | epilogue.parallel
+    jobid: str
+    user: str
+    group: str
+    jobname: str
+    resource_list: str
+    node_index: int
+    pbs_home: Path
+    workdir: str
+    nodefile: Optional[Path]  # MS only
+    exit_status: Optional[int] = None  # epilogues only
+    environ: Mapping[str, str] = None  # type: ignore[assignment]
+
+    @property
+    def is_ms(self) -> bool:
+        return self.kind in ("prologue", "epilogue")
+
+    @property
+    def is_prologue(self) -> bool:
+        return self.kind in PROLOGUES
+
+
+def pbs_home_from(argv0: str, cwd: str) -> Path:
+    """``$PBS_HOME``: the parent of mom_priv, where the hook lives and runs (cwd)."""
+    for candidate in (Path(os.path.abspath(argv0)).parent, Path(cwd)):
+        if candidate.name == "mom_priv":
+            return candidate.parent
+    return Path("/var/spool/torque")
+
+
+def context_from(kind: str, argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[str] = None) -> HookContext:
+    args = list(argv) + [""] * 12
+    if kind in PROLOGUES:
+        resource_list, exit_status = args[5], None
+    else:
+        resource_list = args[6]
+        try:
+            exit_status = int(args[10])
+        except ValueError:
+            exit_status = None
+    try:
+        node_index = int(environ.get("PBS_NODENUM", "0") or "0")
+    except ValueError:
+        node_index = 0
+    if kind in ("prologue", "epilogue"):
+        node_index = 0
+    pbs_home = pbs_home_from(args[0], cwd or os.getcwd())
+    nodefile = None
+    if kind in ("prologue", "epilogue"):
+        nodefile = Path(environ.get("PBS_NODEFILE") or pbs_home / "aux" / args[1])
+    return HookContext(kind=kind, jobid=args[1], user=args[2], group=args[3], jobname=args[4],
+                       resource_list=resource_list, node_index=node_index, pbs_home=pbs_home,
+                       workdir=environ.get("PBS_O_WORKDIR", ""), nodefile=nodefile,
+                       exit_status=exit_status, environ=dict(environ))
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def safe_jobid(jobid: str) -> str:
+    """A job id fit for a file name (Torque ids are ``NUM.server``, arrays ``NUM[IDX].server``)."""
+    if not jobid or jobid in (".", ".."):
+        raise RequestError(f"bad job id {jobid!r}", "this is pbs_mom's argument $1; is the hook run by pbs_mom?")
+    return _SAFE.sub("_", jobid)[:200]
+
+
+def job_tag(jobid: str) -> str:
+    """The job's part of host aliases and container names: lower case, DNS-safe."""
+    tag = re.sub(r"[^a-z0-9]+", "-", jobid.lower()).strip("-")
+    if len(tag) > 40:
+        import hashlib
+        tag = tag[:31].rstrip("-") + "-" + hashlib.sha256(jobid.encode()).hexdigest()[:8]
+    return tag or "job"
+
+
+def read_nodefile(text: str) -> List[str]:
+    """Host names, one per slot; blank lines ignored."""
+    hosts = [line.strip() for line in text.splitlines() if line.strip()]
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", host):
+            raise RequestError(f"the nodefile holds {host!r}, which is not a host name",
+                               "do not set BEOWULF_JOB_MAP for container jobs")
+    return hosts
+
+
+def slots_by_host(hosts: Sequence[str]) -> "OrderedDict[str, List[int]]":
+    """Host -> the nodefile line numbers (slots) it owns, hosts in exec_host order."""
+    table: "OrderedDict[str, List[int]]" = OrderedDict()
+    for index, host in enumerate(hosts):
+        table.setdefault(host, []).append(index)
+    return table
+
+
+def parse_nodes_spec(spec: str) -> List[Tuple[Optional[str], int, int]]:
+    """``nodes=`` into [(name or None, count, ppn)]: ``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``."""
+    parts: List[Tuple[Optional[str], int, int]] = []
+    for chunk in spec.split("+"):
+        fields = chunk.split(":")
+        head, ppn = fields[0], 1
+        for extra in fields[1:]:
+            if extra.startswith("ppn="):
+                try:
+                    ppn = int(extra[4:])
+                except ValueError:
+                    raise RequestError(f"cannot read ppn in nodes={spec}", "write nodes=N:ppn=M") from None
+        if head.isdigit():
+            parts.append((None, int(head), ppn))
+        elif head:
+            parts.append((head, 1, ppn))
+    return parts
