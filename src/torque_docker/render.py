@@ -36,7 +36,8 @@ def environment(site_dir: Optional[str] = None) -> jinja2.Environment:
 
 def render(name: str, site_dir: Optional[str] = None, **variables: object) -> str:
     try:
-        return environment(site_dir).get_template(name).render(**variables)
+        text = environment(site_dir).get_template(name).render(**variables)
+        return text.rstrip("\n") + "\n"   # exactly one final newline, whatever the template's ending
     except jinja2.UndefinedError as exc:
         raise ConfigError(f"template {name}: {exc.message}",
                           "a site template in the template_dir uses a variable the package does not provide") from None

@@ -1,0 +1,112 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torque_docker import cli, lifecycle
+from torque_docker.config import parse_text
+from torque_docker.errors import ImageError, NodeFault, NotOurs, PolicyError, RequestError
+from torque_docker.state import NodeState
+
+HOOKS = Path(__file__).resolve().parents[2] / "hooks"
+
+
+@pytest.mark.parametrize("kind,error,code", [
+    ("prologue", None, 0),
+    ("prologue", RequestError("x"), 1),
+    ("prologue", PolicyError("x"), 1),
+    ("prologue", ImageError("x", user_error=True), 1),
+    ("prologue", ImageError("x", user_error=False), 2),
+    ("prologue", NodeFault("x"), 2),
+    ("prologue", ValueError("bug"), 2),
+    ("prologue.parallel", RequestError("x"), 0),   # the MS refuses it; never mark the node down
+    ("prologue.parallel", NodeFault("x"), 2),
+    ("epilogue", NodeFault("x"), 0),
+    ("epilogue.parallel", ValueError("bug"), 0),
+    ("prologue", NotOurs(), 0),
+])
+def test_exit_codes_follow_torque(kind, error, code):
+    assert cli.hook_exit_code(kind, error) == code
+
+
+def test_hook_leaves_other_jobs_alone_without_importing_docker():
+    """A job without an image: exit 0 at once, nothing heavy imported."""
+    code = ("import sys; from torque_docker.cli import run_hook; "
+            "rc = run_hook('prologue', ['prologue', '1.s', 'u', 'g', 'n', 'nodes=1,walltime=1:00:00', 'q', '', '']);"
+            "print(rc, 'docker' in sys.modules, 'torque_docker.lifecycle' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False", "False"]
+
+
+def test_malformed_request_on_ms_exits_1_with_message(tmp_path):
+    conf = tmp_path / "td.conf"
+    conf.write_text(f"[paths]\nstate_dir = {tmp_path}/state\n[log]\ndestination = none\n")
+    env = {"PATH": "/bin:/usr/bin", "TORQUE_DOCKER_CONF": str(conf)}
+    result = subprocess.run([sys.executable, str(HOOKS / "prologue"), "7.s", "u", "g", "n",
+                             "nodes=1,other=image=debian;colour=red", "q", "", ""],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("torque-docker: job 7.s: unknown key 'colour'")
+    assert "valid keys are image, model, run, mount" in result.stderr
+
+
+def test_port_reservation_skips_taken_and_busy_ports(tmp_path):
+    state = NodeState(str(tmp_path))
+    state.ensure()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    busy_port = busy.getsockname()[1]
+    try:
+        first = state.reserve_port("1.s", "127.0.0.1", [busy_port, 41001, 41002])
+        assert first == 41001
+        assert state.reserve_port("2.s", "127.0.0.1", [41001, 41002]) == 41002
+        with pytest.raises(NodeFault, match="none of the job's 1 candidate ports"):
+            state.reserve_port("3.s", "127.0.0.1", [41001])
+        assert state.release_ports("1.s") == 1
+        assert state.reserve_port("3.s", "127.0.0.1", [41001]) == 41001
+        assert oct(os.stat(tmp_path / "ports.json").st_mode & 0o777) == "0o600"
+    finally:
+        busy.close()
+
+
+class FlakyRuntime:
+    """Unit-test fake: removing one container fails, the others must still go."""
+
+    def __init__(self):
+        self.removed = []
+
+    def containers(self, jobid=None, host=None):
+        from torque_docker.runtime import ContainerInfo
+        return [ContainerInfo(i, i, "running", {}) for i in ("a", "bad", "c")]
+
+    def remove(self, ident):
+        if ident == "bad":
+            raise NodeFault("docker said no")
+        self.removed.append(ident)
+        return True
+
+
+def test_teardown_runs_every_step_despite_failures(tmp_path):
+    cfg = parse_text(f"[paths]\nstate_dir = {tmp_path}/state\n[ssh]\ninclude_dir = {tmp_path}/ssh\n")
+    state = NodeState(cfg.paths_state_dir)
+    state.ensure()
+    state.job_dir("5.s").mkdir()
+    state.reserve_port("5.s", "127.0.0.1", [41500])
+    (tmp_path / "ssh").mkdir()
+    (tmp_path / "ssh" / "5.s.conf").write_text("Host x\n")
+    runtime = FlakyRuntime()
+    result = lifecycle.teardown(cfg, "5.s", runtime=runtime)
+    assert sorted(runtime.removed) == ["a", "c"]
+    assert result.removed == 2
+    assert any("docker said no" in e for e in result.errors)
+    assert state.reserved_ports() == {}                     # later steps still ran
+    assert not (tmp_path / "ssh" / "5.s.conf").exists()
+    assert state.job_dir("5.s").exists()                    # kept for gc while containers remain
+    runtime2 = FlakyRuntime()
+    runtime2.containers = lambda jobid=None, host=None: []
+    again = lifecycle.teardown(cfg, "5.s", runtime=runtime2)
+    assert again.errors == [] and not state.job_dir("5.s").exists()
