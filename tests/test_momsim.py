@@ -1,0 +1,593 @@
+"""Unit tests of the pbs_mom simulator (tests/momsim.py).  No Docker needed; root needed.
+
+Hooks are small /bin/sh scripts written here that dump $0 "$@", env, pwd, umask and uid
+into files, so each test can check what mom handed them.  (Fixtures live here rather than
+in a conftest.py so this file stays self-contained.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import momsim  # noqa: E402
+from momsim import Cluster, Job  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the mom simulator needs root")
+
+USER = "tduser"
+UID = 2001
+NODES = ["tdnode0", "tdnode1", "tdnode2"]
+BASE_ENV = {"PATH", "PWD", "PBS_MSHOST", "PBS_NODENUM", "PBS_O_WORKDIR", "PBS_RESOURCE_NODES",
+            "PBS_NUM_NODES", "PBS_NUM_PPN", "PBS_NP"}   # PWD: set by /bin/sh itself
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="session")
+def job_user():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    return momsim.ensure_user(USER, UID, f"/home/{USER}", "/bin/bash")
+
+
+class Sim:
+    """A test workspace: a Cluster plus an output dir the hooks (root or user) write to."""
+
+    def __init__(self, root: Path, **kw):
+        self.root = root
+        self.out = root / "out"
+        self.out.mkdir()
+        os.chmod(self.out, 0o777)
+        (self.out / "order").touch()
+        os.chmod(self.out / "order", 0o666)
+        self.wd = root / "wd"
+        self.wd.mkdir()
+        os.chown(self.wd, UID, UID)
+        self.cluster = Cluster(root / "cluster", NODES, **kw)
+
+    def hook(self, node: str, name: str, *, rc: int = 0, extra: str = "", mode: int = 0o500,
+             uid: int = 0, symlink: bool = False) -> Path:
+        """Install a dumping hook; it appends "node:name" to out/order."""
+        d = self.out / f"{node}.{name}"
+        jobs = self.cluster.mom_priv(node) / "jobs"
+        text = f"""#!/bin/sh
+d={d}
+mkdir -p "$d"
+printf '%s\\0' "$0" "$@" > "$d/argv"
+/usr/bin/env -0 > "$d/env"
+pwd > "$d/cwd"
+umask > "$d/umask"
+/usr/bin/id -u > "$d/uid"
+echo "{node}:{name}" >> {self.out}/order
+[ -f "{jobs}/$1.JB" ] && echo yes > "$d/jb"
+if [ -n "$PBS_NODEFILE" ] && [ -f "$PBS_NODEFILE" ]; then
+  cat "$PBS_NODEFILE" > "$d/nodefile"; /usr/bin/stat -c '%a %U' "$PBS_NODEFILE" > "$d/nodefile_mode"
+fi
+{extra}
+exit {rc}
+"""
+        src = self.root / f"src.{node}.{name}"
+        src.write_text(text)
+        if symlink:
+            os.chown(src, uid, 0)
+            os.chmod(src, mode)
+        return self.cluster.install_hook(node, name, src, mode=mode, uid=uid, symlink=symlink)
+
+    def dump(self, node: str, name: str) -> "Dump":
+        return Dump(self.out / f"{node}.{name}")
+
+    def order(self) -> list:
+        return (self.out / "order").read_text().split()
+
+    def job(self, nodes, script="#!/bin/bash\necho hello\n", **kw) -> Job:
+        kw.setdefault("workdir", str(self.wd))
+        return Job(jobid=self.cluster.new_jobid(), user=USER, script=script, nodes=nodes, **kw)
+
+
+class Dump:
+    def __init__(self, d: Path):
+        self.d = d
+
+    @property
+    def ran(self) -> bool:
+        return (self.d / "argv").exists()
+
+    @property
+    def argv(self) -> list:
+        return (self.d / "argv").read_bytes().decode().split("\0")[:-1]
+
+    @property
+    def env(self) -> dict:
+        out = {}
+        for item in (self.d / "env").read_bytes().decode().split("\0"):
+            if item:
+                k, v = item.split("=", 1)
+                out[k] = v
+        return out
+
+    def text(self, name: str) -> str:
+        p = self.d / name
+        return p.read_text().strip() if p.exists() else ""
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        st = momsim._proc_stat(pid)
+        if st is None or st[0] == "Z":
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def make_sim(job_user):
+    made = []
+
+    def make(**kw) -> Sim:
+        root = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="momsim-test-"))
+        os.chmod(root, 0o755)
+        s = Sim(root, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        shutil.rmtree(s.root, ignore_errors=True)
+
+
+@pytest.fixture
+def sim(make_sim) -> Sim:
+    return make_sim(pbs_environment_extra={"tdnode1": {"TD_NODE": "tdnode1", "LANG": "C"}})
+
+
+# ------------------------------------------------------------------------- pure helpers
+
+def test_num_nodes_ppn_like_torque():
+    f = momsim.torque_num_nodes_ppn
+    assert f("2:ppn=4") == (2, 4)
+    assert f("3") == (3, 1)
+    assert f("1:ppn=2+1:ppn=1") == (2, 2)
+    # A spec starting with a host name: strtol gives 0, Torque then skips everything.
+    assert f("nA:ppn=2+nB:ppn=1") == (0, 1)
+
+
+def test_derive_nodes_spec():
+    assert momsim.derive_nodes_spec([("a", 4), ("b", 4)]) == "2:ppn=4"
+    assert momsim.derive_nodes_spec([("a", 2), ("b", 1)]) == "a:ppn=2+b:ppn=1"
+
+
+def test_resource_list_string_skips_what_does_not_fit():
+    assert momsim.resource_list_string([("nodes", "1"), ("walltime", "00:01:00")]) == \
+        "nodes=1,walltime=00:01:00"
+    big = "x" * 3000
+    assert momsim.resource_list_string([("nodes", "1"), ("other", big), ("gres", "g")]) == \
+        "nodes=1,gres=g"
+
+
+def test_parse_and_format_times():
+    assert momsim.parse_walltime("01:00:05") == 3605
+    assert momsim.parse_walltime("90") == 90
+    assert momsim.parse_walltime("2:03") == 123
+    assert momsim.format_hms(3725.7) == "01:02:05"
+    with pytest.raises(ValueError):
+        momsim.parse_walltime("soon")
+
+
+def test_ensure_hosts_idempotent(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    momsim.ensure_hosts({"tdnode0": "127.0.1.10"}, hosts)
+    momsim.ensure_hosts({"tdnode0": "127.0.1.10"}, hosts)
+    momsim.ensure_hosts({"tdnode1": "127.0.1.11"}, hosts)
+    text = hosts.read_text()
+    assert text.startswith("127.0.0.1 localhost\n")
+    assert text.count("127.0.1.10 tdnode0") == 1 and "127.0.1.11 tdnode1" in text
+    assert text.count("BEGIN momsim") == 1
+    assert momsim.node_addresses(["a", "b"]) == {"a": "127.0.1.10", "b": "127.0.1.11"}
+
+
+# ------------------------------------------------------------------------------ layout
+
+def test_layout(sim):
+    c = sim.cluster
+    for node in NODES:
+        home = c.pbs_home(node)
+        assert stat.S_IMODE(os.stat(home / "mom_priv").st_mode) == 0o751
+        assert stat.S_IMODE(os.stat(home / "mom_priv" / "jobs").st_mode) == 0o751
+        assert stat.S_IMODE(os.stat(home / "spool").st_mode) == 0o1777
+        assert (home / "aux").is_dir()
+        assert "$prologalarm 300" in (home / "mom_priv" / "config").read_text()
+    assert (c.pbs_home("tdnode0") / "pbs_environment").read_text() == "PATH=/bin:/usr/bin\n"
+    assert c.pbs_environment("tdnode1") == {"PATH": "/bin:/usr/bin", "TD_NODE": "tdnode1",
+                                            "LANG": "C"}
+    # every ancestor traversable by others
+    for anc in c.root.parents:
+        assert os.stat(anc).st_mode & stat.S_IXOTH
+
+
+def test_root_under_private_dir_is_refused(tmp_path, job_user):
+    priv = tmp_path / "private"
+    priv.mkdir()
+    os.chmod(priv, 0o700)
+    with pytest.raises(ValueError, match="traversable"):
+        Cluster(priv / "c", ["n0"])
+
+
+def test_job_starter_in_config(make_sim):
+    s = make_sim(prologalarm=20, job_starter="/usr/local/bin/starter")
+    cfg = s.cluster.read_config("tdnode2")
+    assert cfg == {"prologalarm": 20, "job_starter": "/usr/local/bin/starter"}
+
+
+def test_bad_resources_rejected(sim):
+    with pytest.raises(ValueError, match="Unknown resource type"):
+        sim.cluster.run(sim.job([("tdnode0", 1)], resources={"bogus": "1"}))
+    with pytest.raises(ValueError, match="comma"):
+        sim.cluster.run(sim.job([("tdnode0", 1)], resources={"other": "a=1,b=2"}))
+
+
+# --------------------------------------------------------------------- a normal job
+
+def test_two_node_job_order_argv_env(sim):
+    c = sim.cluster
+    for node, name in (("tdnode0", "prologue"), ("tdnode0", "epilogue"),
+                       ("tdnode1", "prologue.parallel"), ("tdnode1", "epilogue.parallel")):
+        sim.hook(node, name, extra=f"echo OUT-{name}; echo ERR-{name} >&2")
+    script = f"#!/bin/bash\necho job:run >> {sim.out}/order\necho hello\necho oops >&2\nexit 3\n"
+    job = sim.job([("tdnode0", 2), ("tdnode1", 2)], script,
+                  resources={"walltime": "00:05:00", "other": "image=x;model=node",
+                             "image": "dropped"},
+                  account="acct1")
+    r = c.run(job)
+
+    assert (r.state, r.exit_status, r.delivered) == ("C", 3, True)
+    assert sim.order() == ["tdnode1:prologue.parallel", "tdnode0:prologue", "job:run",
+                           "tdnode1:epilogue.parallel", "tdnode0:epilogue"]
+    sc = str(c.job_file("tdnode0", job.jobid, ".SC"))
+    resc = "nodes=2:ppn=2,walltime=00:05:00,neednodes=2:ppn=2,other=image=x;model=node"
+
+    pro = sim.dump("tdnode0", "prologue")
+    assert pro.argv == [str(c.mom_priv("tdnode0") / "prologue"), job.jobid, USER, USER,
+                        "STDIN", resc, "batch", "acct1", sc]
+    par = sim.dump("tdnode1", "prologue.parallel")
+    assert par.argv[1:] == [job.jobid, USER, USER, "STDIN", resc, "batch", "acct1"]  # no $8
+
+    epi = sim.dump("tdnode0", "epilogue")
+    a = epi.argv
+    assert len(a) == 12
+    assert a[1:5] == [job.jobid, USER, USER, "STDIN"]
+    assert a[5] == str(r.session_id) and r.session_id > 0
+    assert a[6] == resc
+    assert a[7].startswith("cput=") and ",walltime=" in a[7] and a[7] == r.resources_used
+    assert a[8:12] == ["batch", "acct1", "3", sc]
+    epar = sim.dump("tdnode1", "epilogue.parallel").argv
+    assert len(epar) == 12 and epar[10] == "3" and epar[11] == ""
+
+    # Environment: pbs_environment + PBS_* only; no HOME/USER/PBS_JOBID.
+    env = pro.env
+    assert set(env) == BASE_ENV | {"PBS_NODEFILE"}
+    assert env["PATH"] == "/bin:/usr/bin"
+    assert env["PBS_NODENUM"] == "0" and env["PBS_MSHOST"] == "tdnode0"
+    assert env["PBS_O_WORKDIR"] == str(sim.wd)
+    assert (env["PBS_NUM_NODES"], env["PBS_NUM_PPN"], env["PBS_NP"]) == ("2", "2", "4")
+    assert env["PBS_RESOURCE_NODES"] == "2:ppn=2"
+    assert env["PBS_NODEFILE"] == str(c.nodefile("tdnode0", job.jobid))
+    senv = par.env
+    assert set(senv) == BASE_ENV | {"TD_NODE", "LANG"}
+    assert senv["PBS_NODENUM"] == "1" and senv["TD_NODE"] == "tdnode1"
+
+    for node, name in (("tdnode0", "prologue"), ("tdnode1", "prologue.parallel"),
+                       ("tdnode0", "epilogue"), ("tdnode1", "epilogue.parallel")):
+        d = sim.dump(node, name)
+        assert d.text("cwd") == str(c.mom_priv(node))
+        assert d.text("umask") == "0077"
+        assert d.text("uid") == "0"
+        assert d.text("jb") == "yes"   # mom knows the job on that node during its hooks
+
+    # Nodefile: written before the prologue, 0644 root, one line per slot; gone after.
+    assert pro.text("nodefile").split() == ["tdnode0"] * 2 + ["tdnode1"] * 2
+    assert pro.text("nodefile_mode") == "644 root"
+    assert not c.nodefile("tdnode0", job.jobid).exists()
+    for node in ("tdnode0", "tdnode1"):
+        assert not c.mom_knows(node, job.jobid)
+    assert not c.job_file("tdnode0", job.jobid, ".SC").exists()
+
+    # Output: prologue at the top, epilogue at the bottom; delivered, owned by the user.
+    assert r.stdout.splitlines() == ["OUT-prologue", "hello", "OUT-epilogue"]
+    assert r.stderr.splitlines() == ["ERR-prologue", "oops", "ERR-epilogue"]
+    o, e = r.output_paths
+    assert o == sim.wd / f"STDIN.o{job.jobid.split('.')[0]}" and e.name.startswith("STDIN.e")
+    assert os.stat(o).st_uid == UID and os.stat(e).st_uid == UID
+    assert not r.spool_paths[0].exists() and not r.spool_paths[1].exists()
+
+    # HookRuns: sister output recorded and logged to the node's hooks.log.
+    (hp,) = r.runs("prologue.parallel")
+    assert hp.node == "tdnode1" and hp.rc == 0 and hp.stdout.strip() == "OUT-prologue.parallel"
+    assert "OUT-prologue.parallel" in c.hooks_log("tdnode1").read_text()
+    assert r.runs("prologue")[0].stdout.strip() == "OUT-prologue"
+    assert r.down_nodes == []
+
+
+def test_user_hooks_run_as_user(sim):
+    c = sim.cluster
+    for node, name in (("tdnode0", "prologue"), ("tdnode0", "prologue.user"),
+                       ("tdnode0", "epilogue.user"), ("tdnode0", "epilogue"),
+                       ("tdnode1", "prologue.parallel"), ("tdnode1", "prologue.user.parallel"),
+                       ("tdnode1", "epilogue.user.parallel"), ("tdnode1", "epilogue.parallel")):
+        sim.hook(node, name, mode=0o555 if ".user" in name else 0o500)
+    r = c.run(sim.job([("tdnode0", 1), ("tdnode1", 1)]))
+    assert (r.state, r.exit_status) == ("C", 0)
+    assert sim.order() == [
+        "tdnode1:prologue.parallel", "tdnode1:prologue.user.parallel",
+        "tdnode0:prologue", "tdnode0:prologue.user",
+        "tdnode1:epilogue.user.parallel", "tdnode1:epilogue.parallel",
+        "tdnode0:epilogue.user", "tdnode0:epilogue"]
+    for node, name in (("tdnode0", "prologue.user"), ("tdnode0", "epilogue.user"),
+                       ("tdnode1", "prologue.user.parallel"),
+                       ("tdnode1", "epilogue.user.parallel")):
+        d = sim.dump(node, name)
+        assert d.text("uid") == str(UID)
+        assert d.text("cwd") == f"/home/{USER}"
+        assert d.text("umask") == "0077"
+        assert "HOME" not in d.env and "USER" not in d.env
+    assert len(sim.dump("tdnode0", "prologue.user").argv) == 9
+    assert len(sim.dump("tdnode1", "prologue.user.parallel").argv) == 8
+
+
+def test_user_hook_must_be_readable_and_executable_by_others(sim):
+    sim.hook("tdnode0", "prologue.user", mode=0o500)
+    r = sim.cluster.run(sim.job([("tdnode0", 1)]))
+    (h,) = r.runs("prologue.user")
+    assert h.rc == -1 and "permission Error" in h.message
+    assert not sim.dump("tdnode0", "prologue.user").ran
+    assert (r.state, r.exit_status) == ("Q", -3)
+
+
+# --------------------------------------------------------------------- the batch script
+
+def test_batch_script_env_args_and_identity(sim):
+    script = f"""#!/bin/bash
+d={sim.out}/job
+mkdir -p $d
+printf '%s\\0' "$0" "$@" > $d/argv
+/usr/bin/env -0 > $d/env
+pwd > $d/cwd; umask > $d/umask; id -u > $d/uid; id -G > $d/groups
+echo to-stderr >&2
+exit 3
+"""
+    job = sim.job([("tdnode0", 2)], script, variables={"FOO": "bar baz"},
+                  args=["a b", "c"], name="myjob", queue="q1")
+    r = sim.cluster.run(job)
+    assert (r.state, r.exit_status, r.delivered) == ("C", 3, True)
+    assert "to-stderr" in r.stderr
+    assert r.output_paths[0].name == f"myjob.o{job.jobid.split('.')[0]}"
+    d = Dump(sim.out / "job")
+    assert d.argv == [str(sim.cluster.job_file("tdnode0", job.jobid, ".SC")), "a b", "c"]
+    env = d.env
+    assert env["FOO"] == "bar baz"
+    assert env["PBS_JOBID"] == job.jobid and env["PBS_JOBNAME"] == "myjob"
+    assert env["PBS_QUEUE"] == "q1" and env["PBS_ENVIRONMENT"] == "PBS_BATCH"
+    assert env["PBS_O_WORKDIR"] == str(sim.wd)
+    assert env["PBS_NODEFILE"] == str(sim.cluster.nodefile("tdnode0", job.jobid))
+    assert (env["PBS_NUM_NODES"], env["PBS_NUM_PPN"], env["PBS_NP"]) == ("1", "2", "2")
+    assert env["HOME"] == env["PBS_O_HOME"] == f"/home/{USER}"
+    assert env["USER"] == env["LOGNAME"] == USER and env["SHELL"] == "/bin/bash"
+    assert "/usr/bin" in env["PATH"].split(":")
+    assert d.text("uid") == str(UID) and d.text("umask") == "0077"
+    assert d.text("cwd") == f"/home/{USER}"
+
+
+def test_job_starter_gets_starter_and_shell(make_sim):
+    root_hint = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="momsim-starter-"))
+    os.chmod(root_hint, 0o777)
+    try:
+        starter = root_hint / "starter.sh"
+        starter.write_text(f"""#!/bin/sh
+cat > {root_hint}/stdin
+printf '%s\\0' "$0" "$@" > {root_hint}/argv
+/usr/bin/id -u > {root_hint}/uid
+exec "$@" < {root_hint}/stdin
+""")
+        os.chmod(starter, 0o755)
+        s = make_sim(job_starter=str(starter))
+        job = s.job([("tdnode0", 1)], "#!/bin/bash\necho via-starter \"$@\"\n", args=["x y"])
+        r = s.cluster.run(job)
+        sc = s.cluster.job_file("tdnode0", job.jobid, ".SC")
+        assert (root_hint / "argv").read_bytes().decode().split("\0")[:-1] == \
+            [str(starter), "/bin/bash"]
+        assert (root_hint / "stdin").read_text() == f"{sc} 'x y'\n"
+        assert (root_hint / "uid").read_text().strip() == str(UID)
+        assert r.exit_status == 0 and "via-starter x y" in r.stdout
+    finally:
+        shutil.rmtree(root_hint, ignore_errors=True)
+
+
+def test_prologue_rewrites_nodefile_job_sees_it(sim):
+    sim.hook("tdnode0", "prologue",
+             extra="printf 'alias-a\\nalias-b\\n' > \"$PBS_NODEFILE\"")
+    r = sim.cluster.run(sim.job([("tdnode0", 1), ("tdnode1", 1)],
+                                "#!/bin/bash\ncat $PBS_NODEFILE\n"))
+    assert r.stdout.split() == ["alias-a", "alias-b"]
+
+
+def test_kill_after_qdel_gives_271_and_precancel(sim):
+    sim.hook("tdnode0", "epilogue")
+    sim.hook("tdnode0", "epilogue.precancel", mode=0o555)
+    t0 = time.monotonic()
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], "#!/bin/bash\nsleep 30\n", kill_after=0.5))
+    assert time.monotonic() - t0 < 5
+    assert (r.state, r.exit_status) == ("C", 271)
+    assert sim.dump("tdnode0", "epilogue").argv[10] == "271"
+    assert sim.dump("tdnode0", "epilogue.precancel").text("uid") == str(UID)
+
+
+def test_leftover_session_processes_killed_when_shell_exits(sim):
+    # The top (login) shell dies of the qdel SIGTERM even when the script traps it; mom
+    # then SIGKILLs whatever is left in the job's session.
+    script = f"#!/bin/bash\ntrap '' TERM\nsleep 30 & echo $! > {sim.out}/sleep.pid\nwait\n"
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], script, kill_after=0.3))
+    assert r.exit_status == 256 + 15
+    pid = int((sim.out / "sleep.pid").read_text())
+    assert _gone_within(pid, 2.0), "leftover job process survived"
+
+
+def test_term_ignored_gets_sigkill_after_kill_delay(sim):
+    # A job starter that ignores SIGTERM (ignored signals stay ignored across exec):
+    # mom sends SIGKILL kill_delay (2 s) later.  The config is re-read on every run.
+    starter = sim.root / "starter.sh"
+    starter.write_text("#!/bin/sh\ntrap '' TERM\nexec \"$@\"\n")
+    os.chmod(starter, 0o755)
+    with open(sim.cluster.mom_priv("tdnode0") / "config", "a") as fh:
+        fh.write(f"$job_starter {starter}\n")
+    t0 = time.monotonic()
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], "#!/bin/bash\nsleep 30\n", kill_after=0.2))
+    assert 1.8 < time.monotonic() - t0 < 6
+    assert r.exit_status == 256 + 9
+
+
+def test_walltime_exceeded(sim):
+    sim.hook("tdnode0", "epilogue")
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], "#!/bin/bash\nsleep 30\n",
+                                resources={"walltime": "00:00:01"}))
+    assert r.exit_status == -11
+    assert "walltime" in r.stderr
+    assert sim.dump("tdnode0", "epilogue").argv[10] == "-11"
+
+
+# ----------------------------------------------------------------- permissions, timeouts
+
+@pytest.mark.parametrize("mode,uid", [(0o777, 0), (0o500, UID), (0o520, 0), (0o400, 0)])
+def test_bad_permissions_not_run_and_requeue(sim, mode, uid):
+    sim.hook("tdnode0", "prologue", mode=mode, uid=uid)
+    sim.hook("tdnode0", "epilogue")
+    r = sim.cluster.run(sim.job([("tdnode0", 1)]))
+    (h,) = r.runs("prologue")
+    assert h.rc == -1 and not sim.dump("tdnode0", "prologue").ran
+    assert (r.state, r.exit_status) == ("Q", -3)
+    assert sim.dump("tdnode0", "epilogue").argv[10] == "-3"
+
+
+def test_symlinked_hook_is_followed(sim):
+    sim.hook("tdnode0", "prologue", mode=0o700, symlink=True)
+    sim.hook("tdnode0", "epilogue", mode=0o777, symlink=True)   # target group/other-writable
+    r = sim.cluster.run(sim.job([("tdnode0", 1)]))
+    assert os.path.islink(sim.cluster.mom_priv("tdnode0") / "prologue")
+    assert r.runs("prologue")[0].rc == 0 and sim.dump("tdnode0", "prologue").ran
+    assert r.runs("epilogue")[0].rc == -1 and not sim.dump("tdnode0", "epilogue").ran
+
+
+def test_missing_hooks_skipped(sim):
+    r = sim.cluster.run(sim.job([("tdnode0", 1), ("tdnode1", 1)]))
+    assert (r.state, r.exit_status, r.delivered) == ("C", 0, True)
+    assert r.hook_runs == [] and r.stdout == "hello\n"
+
+
+def test_prologalarm_kills_whole_session(make_sim):
+    s = make_sim(prologalarm=12)
+    s.hook("tdnode0", "prologue",
+           extra=f"sleep 60 & echo $! > {s.out}/sleep.pid; wait")
+    t0 = time.monotonic()
+    r = s.cluster.run(s.job([("tdnode0", 1)]))
+    took = time.monotonic() - t0
+    (h,) = r.runs("prologue")
+    assert h.timed_out and h.rc == -4 and 1.5 < h.elapsed < 4
+    assert took < 6
+    assert (r.state, r.exit_status) == ("Q", -3)
+    pid = int((s.out / "sleep.pid").read_text())
+    assert _gone_within(pid, 2.0), "a process of the prologue's session survived"
+
+
+def test_prologue_killed_by_signal_counts_as_success(sim):
+    # prolog.cpp: run_exit stays 0 when WIFEXITED is false (and it was not the alarm).
+    sim.hook("tdnode0", "prologue", extra="kill -9 $$")
+    r = sim.cluster.run(sim.job([("tdnode0", 1)]))
+    (h,) = r.runs("prologue")
+    assert h.rc == 0 and h.signal == 9
+    assert (r.state, r.exit_status) == ("C", 0)
+
+
+def test_jobtype_prefers_typed_prologue(sim):
+    sim.hook("tdnode0", "prologue")
+    sim.hook("tdnode0", "prologue.special")
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], jobtype="special"))
+    (h,) = r.runs("prologue")
+    assert h.path.endswith("prologue.special")
+    assert sim.dump("tdnode0", "prologue.special").ran
+    assert not sim.dump("tdnode0", "prologue").ran
+
+
+# -------------------------------------------------------------------- failure semantics
+
+def test_ms_prologue_exit1_aborts_output_stays_in_spool(sim):
+    c = sim.cluster
+    sim.hook("tdnode0", "prologue", rc=1,
+             extra="echo 'torque-docker: image x not allowed; use -l other=image=y' >&2")
+    sim.hook("tdnode0", "epilogue", extra="echo EPI-OUT")
+    sim.hook("tdnode1", "prologue.parallel")
+    sim.hook("tdnode1", "epilogue.parallel")
+    job = sim.job([("tdnode0", 1), ("tdnode1", 1)],
+                  f"#!/bin/bash\necho job:run >> {sim.out}/order\n")
+    r = c.run(job)
+    assert (r.state, r.exit_status, r.delivered) == ("C", -2, False)
+    assert sim.order() == ["tdnode1:prologue.parallel", "tdnode0:prologue", "tdnode0:epilogue"]
+    assert not sim.dump("tdnode1", "epilogue.parallel").ran
+    assert sim.dump("tdnode0", "epilogue").argv[10] == "-2"
+    assert sim.dump("tdnode0", "epilogue").argv[5] == "0"     # no session: never started
+    assert sim.dump("tdnode0", "epilogue").argv[7] == ""      # no resources used
+    ou, er = r.spool_paths
+    assert ou.exists() and er.exists()
+    assert "image x not allowed" in er.read_text() and "image x not allowed" in r.stderr
+    assert "EPI-OUT" in r.stdout
+    assert list(sim.wd.iterdir()) == []
+    assert not c.mom_knows("tdnode0", job.jobid) and not c.mom_knows("tdnode1", job.jobid)
+    assert not c.nodefile("tdnode0", job.jobid).exists()
+
+
+def test_ms_prologue_exit2_requeues(sim):
+    sim.hook("tdnode0", "prologue", rc=2)
+    sim.hook("tdnode0", "epilogue")
+    sim.hook("tdnode1", "epilogue.parallel")
+    r = sim.cluster.run(sim.job([("tdnode0", 1), ("tdnode1", 1)]))
+    assert (r.state, r.exit_status) == ("Q", -3)
+    assert sim.dump("tdnode0", "epilogue").argv[10] == "-3"
+    assert not sim.dump("tdnode1", "epilogue.parallel").ran
+    assert r.delivered   # a requeue copies the .o/.e back (overwriting)
+
+
+def test_sister_prologue_failure_marks_node_down(sim):
+    c = sim.cluster
+    sim.hook("tdnode1", "prologue.parallel", rc=1)
+    sim.hook("tdnode2", "prologue.parallel")
+    sim.hook("tdnode2", "epilogue.parallel")
+    sim.hook("tdnode0", "prologue")
+    sim.hook("tdnode0", "epilogue")
+    job = sim.job([("tdnode0", 1), ("tdnode1", 1), ("tdnode2", 1)])
+    r = c.run(job)
+    assert (r.state, r.exit_status) == ("Q", -3)
+    assert r.down_nodes == ["tdnode1"]
+    assert not sim.dump("tdnode0", "prologue").ran
+    assert not sim.dump("tdnode2", "epilogue.parallel").ran
+    # facts "Ordering": the MS epilogue still runs ($10 = -3); no nodefile was written.
+    epi = sim.dump("tdnode0", "epilogue")
+    assert epi.argv[10] == "-3" and "PBS_NODEFILE" not in epi.env
+    for node in ("tdnode0", "tdnode1", "tdnode2"):
+        assert not c.mom_knows(node, job.jobid)
+
+
+def test_epilogue_exit_code_ignored(sim):
+    sim.hook("tdnode0", "epilogue", rc=7)
+    sim.hook("tdnode1", "epilogue.parallel", rc=7)
+    r = sim.cluster.run(sim.job([("tdnode0", 1), ("tdnode1", 1)]))
+    assert (r.state, r.exit_status, r.delivered, r.down_nodes) == ("C", 0, True, [])
+    assert r.runs("epilogue")[0].rc == 7
