@@ -272,6 +272,21 @@ def config_path(environ: Optional[Dict[str, str]] = None) -> str:
     return environ.get(ENV_VAR) or DEFAULT_PATH
 
 
+def path_from_pbs_home(pbs_home: str) -> str:
+    """The config path for a program pbs_mom starts WITHOUT its pbs_environment (the job
+    starter gets the job's environment instead): what that file sets, else the default."""
+    if os.environ.get(ENV_VAR):
+        return os.environ[ENV_VAR]
+    try:
+        for line in Path(pbs_home, "pbs_environment").read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name.strip() == ENV_VAR and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return DEFAULT_PATH
+
+
 def load(path: Optional[str] = None) -> Config:
     """Load the node's config; a missing file means all defaults."""
     path = path or config_path()

@@ -117,7 +117,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         timer.step("start")
         if ctx.is_ms:
             connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer)
-            write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]))
+            write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]),
+                               path=runtime.image_path(reference))
         count = sum(len(n.containers) for n in nodes) if ctx.is_ms else len(started)
         where = f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms else f"{count} container(s)"
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
@@ -150,12 +151,12 @@ def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
 
 
 def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config, run: str, alias: str,
-                       refusal: str = "") -> None:
+                       path: str = "", refusal: str = "") -> None:
     """What the job starter (running as the user) needs: where and how to run the script."""
     ctr = state.ctr_dir(jobid)
     info = {"jobid": jobid, "run": run, "alias": alias, "ctr_dir": str(ctr), "shell": user.shell,
             "ssh_config": str(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"),
-            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "refusal": refusal}
+            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal}
     write_file(ctr / "starter.json", json.dumps(info, indent=1), 0o600, uid=user.uid, gid=user.gid)
 
 
@@ -336,7 +337,10 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     original = Path(ctx.nodefile).read_text()
     write_file(state.job_dir(ctx.jobid) / "nodefile.orig", original, 0o644)
     hosts = read_nodefile(original)
-    write_in_place(Path(ctx.nodefile), render.rewrite_nodefile(hosts, plan.slot_alias(nodes)))
+    rewritten = render.rewrite_nodefile(hosts, plan.slot_alias(nodes))
+    write_in_place(Path(ctx.nodefile), rewritten)
+    # The host's $PBS_HOME is not in the containers; run=container jobs read this copy.
+    write_file(ctr / "nodefile", rewritten, 0o644, uid=user.uid, gid=user.gid)
     record = state.load_job(ctx.jobid)
     record.update(ssh_config=str(host_config), nodefile=str(ctx.nodefile),
                   aliases=[c["alias"] for c in ordered])

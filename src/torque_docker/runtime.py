@@ -19,6 +19,7 @@ from .errors import ImageError, NodeFault
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
 L_JOB, L_HOST, L_NODE, L_SLOT = f"{LABEL}.job", f"{LABEL}.host", f"{LABEL}.node-index", f"{LABEL}.slot"
 L_ALIAS, L_USER, L_PORT = f"{LABEL}.alias", f"{LABEL}.user", f"{LABEL}.port"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # Docker's own default
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,17 @@ class Runtime:
         image = self.client.images.get(reference)
         digests = image.attrs.get("RepoDigests") or []
         return image.id, (digests[0] if digests else "")
+
+    def image_path(self, reference: str) -> str:
+        """The PATH the image declares (Docker's default when it declares none)."""
+        try:
+            env = self.client.images.get(reference).attrs.get("Config", {}).get("Env") or []
+        except (APIError, DockerException):
+            env = []
+        for item in env:
+            if item.startswith("PATH="):
+                return item[5:]
+        return DEFAULT_PATH
 
     def pull(self, reference: str, timeout: float) -> str:
         """Pull with a bound: a pull that cannot finish before prologalarm must fail clearly."""

@@ -39,19 +39,27 @@ LAUNCHER_ENV: Dict[str, str] = {
 }
 
 
-def _state_dir() -> str:
-    from .config import load
-    return load().paths_state_dir
+def job_info(jobid: str, starter_path: str) -> Optional[dict]:
+    """What the MS prologue left for the starter (user-owned, in the job's directory).
 
-
-def job_info(jobid: str) -> Optional[dict]:
-    """What the MS prologue left for the starter (user-owned, in the job's directory)."""
-    from .torque import safe_jobid
+    None means "not a container job". A record that exists but cannot be read is a
+    refusal: a container job's script must never run on the host by accident.
+    """
+    from .config import load, path_from_pbs_home
+    from .torque import pbs_home_from, safe_jobid
     try:
-        path = Path(_state_dir()) / "jobs" / safe_jobid(jobid) / "ctr" / STARTER_FILE
-        return json.loads(path.read_text())
-    except (OSError, ValueError, Exception):
+        cfg = load(path_from_pbs_home(str(pbs_home_from(starter_path, os.getcwd()))))
+        path = Path(cfg.paths_state_dir) / "jobs" / safe_jobid(jobid) / "ctr" / STARTER_FILE
+    except Exception as exc:
+        return {"refusal": f"torque-docker: job {jobid}: cannot read the node's configuration ({exc}); "
+                           "the job did not run, please tell the admin"}
+    if not path.exists() and not path.parent.exists():
         return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {"refusal": f"torque-docker: job {jobid}: the container set-up is incomplete ({exc}); "
+                           "the job did not run, please tell the admin"}
 
 
 def filtered_env(environ: Mapping[str, str], deny: Sequence[str], allow: Sequence[str]) -> Dict[str, str]:
@@ -85,7 +93,7 @@ def main(argv: Sequence[str]) -> int:
     shell = argv[1] if len(argv) > 1 else "/bin/sh"
     jobid = os.environ.get("PBS_JOBID", "")
     batch = len(argv) == 2 and os.environ.get("PBS_ENVIRONMENT") in ("PBS_BATCH", "PBS_INTERACTIVE")
-    info = job_info(jobid) if jobid and batch else None
+    info = job_info(jobid, argv[0]) if jobid and batch else None
     if info is None:
         # Not a container job, or a TM-spawned task: exactly what pbs_mom would have run.
         if len(argv) < 2:
@@ -118,6 +126,8 @@ def run_in_container(info: dict, shell: str, stdin) -> int:
         handle.write(text)
     env = filtered_env(os.environ, info.get("env_deny", []), info.get("env_pass", ["*"]))
     env.update(LAUNCHER_ENV)
+    env["PATH"] = info.get("path") or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
+    env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
     env.setdefault("HOME", os.environ.get("HOME", "/"))
     command = remote_command(os.getcwd(), env, info.get("shell", shell), script_in_ctr, args)
     ssh = ["/usr/bin/ssh", "-T", "-o", "LogLevel=ERROR", info["alias"], command]

@@ -1,0 +1,177 @@
+"""Integration fixtures: a simulated Torque cluster whose hooks are the real installed ones,
+against the real Docker daemon, with real sshd in containers and real mpirun.
+
+Nothing here is skipped when Docker is missing: these tests are the proof that the
+product works, so a missing daemon is a failure (scripts/setup.sh provides one).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import docker
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import momsim  # noqa: E402
+
+from torque_docker import admin, config, keys  # noqa: E402
+from torque_docker.runtime import L_HOST, L_JOB  # noqa: E402
+
+REPO = HERE.parent.parent
+NODES = ["tdnode0", "tdnode1", "tdnode2"]
+ADDRESSES = {name: f"127.0.1.{10 + i}" for i, name in enumerate(NODES)}
+OPENMPI_IMAGE = "torque-docker-test/openmpi:latest"
+MPICH_IMAGE = "torque-docker-test/mpich:latest"
+NOSSHD_IMAGE = "torque-docker-test/nosshd:latest"
+USER = "tduser"
+OTHER_USER = "tduser2"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    client = docker.from_env(version="auto", timeout=60)
+    try:
+        client.ping()
+    except Exception as exc:  # a failure, not a skip: see the module docstring
+        pytest.fail(f"no Docker daemon ({exc}); run scripts/setup.sh as root")
+    return client
+
+
+@pytest.fixture(scope="session")
+def images(docker_client) -> Dict[str, str]:
+    for flavour in ("openmpi", "mpich", "nosshd"):
+        subprocess.run(["bash", str(REPO / "tests/images/build-test-image.sh"), flavour], check=True,
+                       stdout=subprocess.DEVNULL)
+    return {"openmpi": OPENMPI_IMAGE, "mpich": MPICH_IMAGE, "nosshd": NOSSHD_IMAGE}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hosts_and_users():
+    if os.geteuid() != 0:
+        pytest.fail("integration tests run as root (they act as pbs_mom)")
+    momsim.ensure_hosts(ADDRESSES)
+    for name, uid in ((USER, 2001), (OTHER_USER, 2002)):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-u", str(uid), "-s", "/bin/bash", name], check=True)
+        os.chmod(pwd.getpwnam(name).pw_dir, 0o755)
+
+
+class Site:
+    """One simulated cluster with torque-docker installed on every node."""
+
+    def __init__(self, root: Path, nodes: List[str], prologalarm: int, job_starter: bool,
+                 extra_config: str = "") -> None:
+        self.root = root
+        self.nodes = nodes
+        self.secret = root / "secret"
+        self.log_file = root / "torque-docker.log"
+        self.configs: Dict[str, Path] = {}
+        for node in nodes:
+            conf = root / f"{node}.conf"
+            conf.write_text(self.config_text(node, extra_config))
+            self.configs[node] = conf
+        keys.generate_secret(str(self.secret))
+        # A server name of its own keeps job ids (so container names) apart from any other
+        # site running at the same time on this Docker daemon.
+        self.server = "s" + root.name.rsplit("-", 1)[-1].lower()
+        self.cluster = momsim.Cluster(root / "cluster", nodes, prologalarm=prologalarm, server=self.server,
+                                      pbs_environment_extra={n: {config.ENV_VAR: str(self.configs[n])}
+                                                             for n in nodes})
+        for node in nodes:
+            admin.install(str(self.cluster.pbs_home(node) / "mom_priv"), python="/usr/bin/python3",
+                          job_starter=job_starter, dropin=True, cfg=self.config(node),
+                          out=open(os.devnull, "w"))
+
+    def config_text(self, node: str, extra: str = "") -> str:
+        return (f"[network]\nnode_name = {node}\nlisten_address = {ADDRESSES[node]}\n"
+                f"[paths]\nstate_dir = {self.root}/state-{node}\nsecret_file = {self.secret}\n"
+                f"[log]\ndestination = file:{self.log_file}\n" + extra)
+
+    def config(self, node: str) -> config.Config:
+        return config.load(str(self.configs[node]))
+
+    def reconfigure(self, extra: str) -> None:
+        for node in self.nodes:
+            self.configs[node].write_text(self.config_text(node, extra))
+
+    def state_dir(self, node: str) -> Path:
+        return self.root / f"state-{node}"
+
+    def workdir(self, user: str = USER) -> str:
+        path = Path(pwd.getpwnam(user).pw_dir) / "tdjobs" / self.root.name
+        subprocess.run(["install", "-d", "-o", user, "-g", user, "-m", "0755", str(path)], check=True)
+        return str(path)
+
+    def job(self, script: str, nodes, other: str = "", user: str = USER, **kwargs) -> momsim.Job:
+        resources = {"walltime": "00:05:00"}
+        if other:
+            resources["other"] = other
+        resources.update(kwargs.pop("resources", {}))
+        return momsim.Job(jobid=self.cluster.new_jobid(), user=user, script=script, nodes=nodes,
+                          resources=resources, workdir=kwargs.pop("workdir", None) or self.workdir(user),
+                          **kwargs)
+
+    def leftovers(self, client: docker.DockerClient, jobid: str) -> List[str]:
+        """Everything of jobid still on any node: containers, ports, state, SSH files."""
+        found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": f"{L_JOB}={jobid}"})]
+        for node in self.nodes:
+            state = self.state_dir(node)
+            ports = state / "ports.json"
+            if ports.exists() and jobid in ports.read_text():
+                found.append(f"port reservation on {node}")
+            if (state / "jobs").exists() and any(p.name.startswith(jobid) for p in (state / "jobs").iterdir()):
+                found.append(f"job directory on {node}")
+            ssh = Path(self.config(node).ssh_include_dir)
+            if ssh.exists() and any(p.name.startswith(jobid) for p in ssh.iterdir()):
+                found.append(f"ssh config on {node}")
+        return found
+
+
+@pytest.fixture
+def make_site(docker_client, images) -> Iterator:
+    """Factory of Sites; every container any of them made is removed afterwards, pass or fail."""
+    made: List[Site] = []
+
+    def factory(nodes: int = 2, prologalarm: int = 120, job_starter: bool = True, extra_config: str = "") -> Site:
+        root = Path(tempfile.mkdtemp(prefix="td-it-", dir="/var/tmp"))
+        os.chmod(root, 0o755)
+        site = Site(root, NODES[:nodes], prologalarm, job_starter, extra_config)
+        made.append(site)
+        return site
+
+    yield factory
+    for site in made:
+        for container in docker_client.containers.list(all=True, filters={"label": L_JOB}):
+            if container.labels.get(L_JOB, "").endswith("." + site.server):
+                container.remove(force=True)
+        for node in site.nodes:
+            ssh = Path(site.config(node).ssh_include_dir)
+            state = site.state_dir(node)
+            if ssh.exists() and (state / "jobs").exists():
+                for job in (state / "jobs").iterdir():
+                    (ssh / f"{job.name}.conf").unlink(missing_ok=True)
+        shutil.rmtree(site.workdir(), ignore_errors=True)
+        shutil.rmtree(site.root, ignore_errors=True)
+
+
+@pytest.fixture
+def site(make_site) -> Site:
+    return make_site()
