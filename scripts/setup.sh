@@ -38,13 +38,19 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { tail -20 /var/log/dockerd.log >&2; echo "dockerd did not start" >&2; exit 1; }
 fi
 
-# The package, for the system Python the hooks run under (/usr/bin/python3).
-if ! /usr/bin/python3 -c 'import torque_docker, sys; sys.exit(0 if torque_docker.__file__.startswith("'"$PWD"'") else 1)' 2>/dev/null; then
-    log "installing torque-docker (editable) for /usr/bin/python3"
-    /usr/bin/python3 -m pip install -q --break-system-packages --no-deps --no-build-isolation -e . \
-        2>&1 | grep -v "Running pip as the 'root' user" || true
-    /usr/bin/python3 -c 'import torque_docker' 
+# The package, for the system Python the hooks run under (/usr/bin/python3). The job
+# starter runs as the job user, who must be able to import it: editable (handy while
+# developing) only when ordinary users can read this checkout, else a real copy.
+install_args=(.)
+if su -s /bin/sh nobody -c "test -r '$PWD/src/torque_docker/__init__.py'" 2>/dev/null; then
+    install_args=(-e .)
 fi
+log "installing torque-docker for /usr/bin/python3 (${install_args[*]})"
+/usr/bin/python3 -m pip install -q --break-system-packages --no-deps --no-build-isolation --force-reinstall \
+    "${install_args[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true
+rm -rf build src/*.egg-info
+(cd / && su -s /bin/sh nobody -c '/usr/bin/python3 -c "import torque_docker.starter"') \
+    || { echo "setup.sh: torque_docker is not importable by ordinary users" >&2; exit 1; }
 
 # Job users for the tests and the demo (never root).
 id tduser >/dev/null 2>&1 || useradd -m -u 2001 -s /bin/bash tduser
