@@ -7,8 +7,10 @@
 #   build-test-image.sh openmpi [TAG]   sshd + Open MPI (+ compiler), tag torque-docker-test/openmpi:latest
 #   build-test-image.sh mpich   [TAG]   sshd + MPICH (+ compiler),    tag torque-docker-test/mpich:latest
 #   build-test-image.sh nosshd  [TAG]   no sshd at all (for refusal tests)
+#   build-test-image.sh bench   [TAG]   sshd + Open MPI + OpenBLAS and reference BLAS, no compiler:
+#                                       bench/ runs the same host-built HPL and ping-pong in it
 set -euo pipefail
-flavour=${1:?usage: build-test-image.sh openmpi|mpich|nosshd [TAG]}
+flavour=${1:?usage: build-test-image.sh openmpi|mpich|nosshd|bench [TAG]}
 tag=${2:-torque-docker-test/$flavour:latest}
 here=$(cd "$(dirname "$0")" && pwd)
 hash=$(cat "$0" "$here/mpi_hello.c" | sha256sum | cut -c1-16)-$flavour
@@ -27,6 +29,7 @@ case $flavour in
     openmpi) runtime=openssh-server,openssh-client,openmpi-bin; dev="libopenmpi-dev gcc libc6-dev" ;;
     mpich)   runtime=openssh-server,openssh-client,mpich;       dev="libmpich-dev gcc libc6-dev" ;;
     nosshd)  runtime=procps; dev="" ;;
+    bench)   runtime=openssh-server,openssh-client,openmpi-bin,libopenblas0,libblas3; dev="" ;;
     *) echo "unknown flavour $flavour" >&2; exit 2 ;;
 esac
 
