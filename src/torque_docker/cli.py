@@ -42,7 +42,7 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
     from . import config, lifecycle, torque
     from .log import Log, NULL
 
-    jobid, log, error = args[1], NULL, None
+    jobid, log, error, cfg = args[1], NULL, None, None
     try:
         cfg = config.load()
         log = Log(cfg.log_destination, cfg.node_name())
@@ -65,12 +65,52 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
     except TorqueDockerError as exc:
         error = exc
         log.error(jobid, f"{kind}: {exc}")
-        _say(f"job {jobid}: {exc}")
+        if kind != "prologue":    # the MS prologue explains itself in ms_prologue_failed
+            _say(f"job {jobid}: {exc}")
     except Exception as exc:  # a bug: say so in one line, keep the trace for the admin
         error = exc
         log.error(jobid, f"{kind}: internal error: {exc!r}\n{traceback.format_exc()}")
         _say(f"job {jobid}: internal error in {kind}: {exc!r}; please report it to the admin")
+    if kind == "prologue" and error is not None:
+        return ms_prologue_failed(args, cfg or config.defaults(), error, log)
     return hook_exit_code(kind, error)
+
+
+def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log) -> int:
+    """Requeue a node fault a bounded number of times; refuse everything else where the user sees it.
+
+    Torque requeues an MS prologue exit > 1 at once and forever (torque-facts.md), so
+    attempts are counted per job on the node; past ``[jobs] max_attempts`` the fault is
+    explained to the user like a refusal (and stays in the admin log).
+    """
+    from . import lifecycle, refusal, torque
+    from .state import NodeState
+
+    jobid, user = args[1], args[2]
+    user_error = isinstance(error, TorqueDockerError) and error.user_error
+    attempts = 0
+    if not user_error:
+        try:
+            attempts = NodeState(cfg.paths_state_dir).count_attempt(jobid)
+        except Exception as exc:   # cannot count: do not loop blindly
+            log.error(jobid, f"cannot count attempts: {exc}")
+            attempts = cfg.jobs_max_attempts
+        if attempts < cfg.jobs_max_attempts:
+            log.warning(jobid, f"node fault, attempt {attempts} of {cfg.jobs_max_attempts}: requeued")
+            return EXIT_REQUEUE
+    text = refusal.explanation(jobid, error, attempts)
+    ctx = torque.context_from("prologue", args[:9], os.environ)
+    where = refusal.write_as_user(user, ctx.workdir, refusal.file_name(jobid), text)
+    log.info(jobid, f"refused ({'user error' if user_error else 'node fault'}): {error}; "
+                    f"explanation in {where or 'nowhere: could not write it'}")
+    try:
+        if lifecycle.starter_installed(ctx.pbs_home):
+            lifecycle.record_refusal(cfg, jobid, user, text)
+            return EXIT_OK        # the starter prints the reason to the .e and exits 1
+    except Exception as exc:
+        log.error(jobid, f"cannot hand the refusal to the job starter: {exc}")
+    sys.stderr.write(text)        # lands in the spool .ER, which Torque keeps on the node
+    return EXIT_ABORT
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -124,6 +124,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
                          f"{where}, ready in {timer.total:.1f} s")
         log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")
+        if ctx.is_ms:
+            state.forget_attempts(ctx.jobid)
         return setup
     except BaseException:
         undone = teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
@@ -160,6 +162,20 @@ def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config
     write_file(ctr / "starter.json", json.dumps(info, indent=1), 0o600, uid=user.uid, gid=user.gid)
 
 
+def record_refusal(cfg: Config, jobid: str, user_name: str, text: str) -> None:
+    """Leave the reason for the job starter, which prints it to the .e instead of running the script."""
+    user = lookup(user_name)
+    state = NodeState(cfg.paths_state_dir)
+    state.ensure()
+    job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
+    job_dir.mkdir(mode=0o755, exist_ok=True)
+    ctr.mkdir(mode=0o700, exist_ok=True)
+    os.chown(ctr, user.uid, user.gid)
+    state.save_job(jobid, {"jobid": jobid, "user": user.name, "refused": True, "containers": [],
+                           "started": time.time(), "host": cfg.node_name()})
+    write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
+
+
 def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str) -> str:
     if image.tarball:
         tags = runtime.load(image.tarball)
@@ -188,6 +204,7 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
         (str(ctr_dir / "passwd"), "/etc/passwd", True),
         (str(ctr_dir / "group"), "/etc/group", True),
         (str(ctr_dir / "ssh_config"), "/etc/ssh/ssh_config", True),
+        (str(ctr_dir / "hosts"), "/etc/hosts", True),
     ]
     home = os.path.realpath(user.home)
     own_dirs = [user.home]
@@ -237,6 +254,8 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
                                                   log_level=log_level), 0o644, **own)
     write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
                0o644, **own)
+    for name in ("hosts", "hosts-launcher"):
+        write_file(ctr / name, render.hosts_text([]), 0o644, **own)
     write_file(ctr / "passwd", render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, user.shell),
                0o644)
     write_file(ctr / "group", render.group_text(user.name, user.groups), 0o644)
@@ -248,6 +267,9 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
     """Start this node's containers in parallel; each returns once its sshd answers."""
     deadline = time.monotonic() + cfg.ssh_ready_timeout
     host = cfg.node_name()
+    # Where mpirun runs with run=container (the MS's first container), the other containers
+    # of its own node must not resolve: Open MPI would take them for itself (field notes, 2).
+    launcher_hosts = ctx.is_ms and len(local.containers) > 1
 
     def one(container: plan.ContainerPlan) -> Dict[str, object]:
         tried: List[int] = []
@@ -264,6 +286,9 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 binds=tuple(binds), shm_size=cfg.jobs_shm_size,
                 cgroup_parent=cfg.cgroups_parent or None,
             )
+            if launcher_hosts and container.slot == 0:
+                spec = replace(spec, binds=tuple((src.replace("/hosts", "/hosts-launcher") if dst == "/etc/hosts"
+                                                  else src, dst, ro) for src, dst, ro in spec.binds))
             ident = runtime.start(spec)
             try:
                 probe.wait_for_sshd(address, port, token, deadline,
@@ -331,7 +356,14 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     host_config = include_dir / f"{safe_jobid(ctx.jobid)}.conf"
     write_file(host_config, host_text, 0o644)
     write_in_place(ctr / "ssh_config", ctr_text)
-    push_container_config(host_config, [c.alias for n in nodes[1:] for c in n.containers], ctr_text, ctx.jobid)
+    hosts_text = render.hosts_text([(c["address"], c["alias"]) for c in ordered])
+    write_in_place(ctr / "hosts", hosts_text)
+    siblings = {c.alias for c in nodes[0].containers[1:]}
+    write_in_place(ctr / "hosts-launcher",
+                   render.hosts_text([(c["address"], c["alias"]) for c in ordered if c["alias"] not in siblings]))
+    # Containers of a node share its job directory: one push per sister node is enough.
+    push_container_files(host_config, [n.containers[0].alias for n in nodes[1:]],
+                         {"ssh_config": ctr_text, "hosts": hosts_text})
     timer.step("render")
 
     original = Path(ctx.nodefile).read_text()
@@ -352,19 +384,21 @@ def ssh_base(host_config: Path) -> List[str]:
     return ["/usr/bin/ssh", "-F", str(host_config), "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
 
 
-def push_container_config(host_config: Path, aliases: Sequence[str], text: str, jobid: str) -> None:
-    """Sister containers need the job's aliases too (Open MPI tree-spawns from them).
-
-    Their config file is bind-mounted, so writing through the job's own SSH access
-    (truncate + write, same inode) updates what their ssh reads.
+def push_container_files(host_config: Path, aliases: Sequence[str], files: Dict[str, str]) -> None:
+    """Sister containers need the job's aliases too (Open MPI tree-spawns from them, MPICH's
+    proxies resolve the launcher's name). Their files are bind-mounted, so writing through
+    the job's own SSH access (truncate + write, same inode) updates what they read.
     """
     def push(alias: str) -> Optional[str]:
-        try:
-            result = subprocess.run(ssh_base(host_config) + [alias, f"cat > {CTR_DIR}/ssh_config"],
-                                    input=text, capture_output=True, text=True, timeout=30)
-        except subprocess.TimeoutExpired:
-            return f"{alias}: timed out"
-        return None if result.returncode == 0 else f"{alias}: {result.stderr.strip()[:200]}"
+        for name, text in files.items():
+            try:
+                result = subprocess.run(ssh_base(host_config) + [alias, f"cat > {CTR_DIR}/{name}"],
+                                        input=text, capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                return f"{alias}: timed out"
+            if result.returncode != 0:
+                return f"{alias}: {result.stderr.strip()[:200]}"
+        return None
 
     if not aliases:
         return

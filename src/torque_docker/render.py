@@ -7,7 +7,7 @@ from the package; a missing variable is an error, never an empty string.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jinja2
 
@@ -62,6 +62,13 @@ def group_text(user: str, groups: Sequence[tuple]) -> str:
 
 def _clean(text: str) -> str:
     return "".join(ch for ch in text if ch not in ":\n\r\0")
+
+
+def hosts_text(entries: Iterable[Tuple[str, str]]) -> str:
+    """The containers' /etc/hosts: localhost, then ``address alias`` per container."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{address}\t{alias}" for address, alias in entries]
+    return "\n".join(lines) + "\n"
 
 
 def rewrite_nodefile(hosts: Sequence[str], slot_alias: Mapping[int, str]) -> str:

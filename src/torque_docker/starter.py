@@ -106,6 +106,8 @@ def main(argv: Sequence[str]) -> int:
     os.environ.update(LAUNCHER_ENV)
     os.environ["TORQUE_DOCKER_SSH_CONFIG"] = info.get("ssh_config", "")
     os.environ["TORQUE_DOCKER_ALIAS"] = info.get("alias", "")
+    if os.environ.get("PBS_NODEFILE"):    # plain `mpirun prog` uses the job's slots, as with TM
+        os.environ["OMPI_MCA_orte_default_hostfile"] = os.environ["PBS_NODEFILE"]
     if info.get("run") != "container":
         os.execv(shell, [shell])     # run=host: the paper's way, ranks still land in containers
     return run_in_container(info, shell, sys.stdin)
@@ -128,10 +130,15 @@ def run_in_container(info: dict, shell: str, stdin) -> int:
     env.update(LAUNCHER_ENV)
     env["PATH"] = info.get("path") or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
     env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
+    env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
     env.setdefault("HOME", os.environ.get("HOME", "/"))
     command = remote_command(os.getcwd(), env, info.get("shell", shell), script_in_ctr, args)
     ssh = ["/usr/bin/ssh", "-T", "-o", "LogLevel=ERROR", info["alias"], command]
-    child = subprocess.Popen(ssh, stdin=subprocess.DEVNULL)
+    # Its own session: pbs_mom signals every process of the job's session on qdel, and an
+    # ssh killed first would cut the script's output and exit status. The starter forwards
+    # the signal into the container instead; the epilogue removing the containers ends ssh
+    # in any case.
+    child = subprocess.Popen(ssh, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def forward(signum, _frame):
         # qdel / walltime: stop the script and everything it started in the container.

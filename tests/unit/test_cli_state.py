@@ -49,7 +49,7 @@ def test_malformed_request_on_ms_exits_1_with_message(tmp_path):
                              "nodes=1,other=image=debian;colour=red", "q", "", ""],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.startswith("torque-docker: job 7.s: unknown key 'colour'")
+    assert result.stderr.startswith("torque-docker: job 7.s was not started: unknown key 'colour'")
     assert "valid keys are image, model, run, mount" in result.stderr
 
 
