@@ -1,7 +1,8 @@
-"""``torque-docker``: the admin's command (install, keygen, check, ps, gc, stage, limits)."""
+"""``torque-docker``: the admin's command (install, uninstall, keygen, fingerprint, check, ps, gc, stage)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 from . import config as config_mod
 from . import keys, render
-from .errors import ConfigError, TorqueDockerError
+from .errors import ConfigError, ImageError, TorqueDockerError
 
 HOOKS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
 STARTER = "job-starter"
@@ -90,6 +91,112 @@ def set_job_starter(config_file: Path, starter: str, *, force: bool = False) -> 
     _write_root(config_file, "\n".join(out) + "\n", 0o644)
 
 
+def is_ours(path: Path) -> bool:
+    """Is this mom_priv script one that ``install`` wrote (or a link to the packaged hooks)?"""
+    try:
+        return "torque_docker" in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def uninstall(mom_priv: str, *, cfg: Optional[config_mod.Config] = None, dropin: bool = True,
+              out=sys.stdout) -> List[str]:
+    """Undo ``install``: our hooks, our starter and its ``$job_starter`` line, the ssh drop-in.
+
+    A site's own scripts are left in place (and named). The config, the secret and the
+    state directory stay: they are the site's. Run it BEFORE removing the package: hooks
+    left in mom_priv without the library would fail every job on the node.
+    """
+    cfg = cfg or config_mod.load()
+    target = Path(mom_priv)
+    if not target.is_dir():
+        raise ConfigError(f"{mom_priv} is not a directory", "give pbs_mom's mom_priv, e.g. /var/spool/torque/mom_priv")
+    removed: List[str] = []
+    for name in HOOKS + (STARTER_NAME,):
+        path = target / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if is_ours(path) or (path.is_symlink() and not path.exists()):
+            path.unlink()
+            removed.append(str(path))
+            print(f"removed {path}", file=out)
+        else:
+            print(f"kept {path}: not torque-docker's", file=out)
+    config_file = target / "config"
+    if config_file.exists():
+        lines = config_file.read_text().splitlines()
+        keep = [line for line in lines
+                if not (re.match(r"\s*\$job_starter\s", line) and STARTER_NAME in line)]
+        if keep != lines:
+            _write_root(config_file, "".join(f"{line}\n" for line in keep), 0o644)
+            removed.append(f"$job_starter in {config_file}")
+            print(f"removed the $job_starter line from {config_file} (restart pbs_mom to apply)", file=out)
+    if dropin:
+        path = Path(cfg.ssh_dropin)
+        if path.exists() and "torque-docker" in path.read_text(errors="replace"):
+            path.unlink()
+            removed.append(str(path))
+            print(f"removed {path}", file=out)
+    return removed
+
+
+# ----------------------------------------------------------------------------- stage
+def image_lock(cfg: config_mod.Config, key: str, timeout: float):
+    """The per-node lock on one image: concurrent stagers (and pulls) of it wait, not repeat."""
+    from filelock import FileLock
+    locks = Path(cfg.paths_state_dir) / "locks"
+    locks.mkdir(mode=0o755, parents=True, exist_ok=True)
+    name = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return FileLock(str(locks / f"image-{name}.lock"), timeout=timeout)
+
+
+def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refresh: bool = False,
+          lock_timeout: Optional[float] = None, out=sys.stdout) -> str:
+    """Pull an image, or load an allowed tarball, onto this node ahead of the jobs that need it.
+
+    The same policy as a job's request applies (aliases, [images] allowed, tarball_dirs),
+    so an admin cannot stage what users may not run. The pull is bounded by ``timeout``
+    (not [images] pull_timeout, which must fit pbs_mom's $prologalarm), and it ignores
+    [images] pull = never: staging is how such sites get images.
+    """
+    from filelock import Timeout
+
+    from . import lifecycle, policy
+    from .log import Log
+
+    choice = policy.resolve_image(image, cfg)
+    key = choice.tarball or choice.reference
+    values = dict(cfg.values, images_pull="always" if refresh else "missing", images_pull_timeout=timeout)
+    stage_cfg = config_mod.Config(values, cfg.path, cfg.origin)
+    lock = image_lock(cfg, key, timeout if lock_timeout is None else lock_timeout)
+    started = time.monotonic()
+    try:
+        with lock:
+            runtime = lifecycle.runtime_for(cfg)
+            before = None if choice.tarball else runtime.image_id(choice.reference)
+            reference = lifecycle.ensure_image(runtime, choice, stage_cfg,
+                                               Log(cfg.log_destination, cfg.node_name()), "stage")
+            image_id, digest = runtime.image_digest(reference)
+    except Timeout:
+        raise TorqueDockerError(f"another process holds the lock on {key} ({lock.lock_file}) "
+                                f"for over {lock.timeout:.0f} s",
+                                "wait for the other pull or load to finish, or look for a hung one") from None
+    except ImageError as exc:   # the job-side advice ("ask the admin to stage it") is no help here
+        raise ImageError(exc.message, "check the name, that this node reaches the registry, and 'docker login' "
+                                      "for a private one", user_error=False) from None
+    if choice.tarball:
+        how = f"loaded from {choice.tarball}"
+    elif before is None:
+        how = "pulled"
+    elif before != image_id:
+        how = "updated"
+    else:
+        how = "already present" + (", registry has nothing newer" if refresh else "")
+    print(f"staged {reference} ({image_id[:19]}{', ' + digest if digest else ''}): {how} "
+          f"in {time.monotonic() - started:.1f} s", file=out)
+    return reference
+
+
 # ----------------------------------------------------------------------------- gc / ps
 def mom_knows(pbs_home: str, jobid: str) -> bool:
     """pbs_mom keeps ``mom_priv/jobs/<jobid>.JB`` from the job's arrival to its purge."""
@@ -97,9 +204,24 @@ def mom_knows(pbs_home: str, jobid: str) -> bool:
     return (jobs / f"{jobid}.JB").exists()
 
 
-def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, log=None, out=None) -> Dict[str, List[str]]:
+def job_of_server(jobid: str, server: str) -> bool:
+    """Is ``jobid`` (``123.server[.domain]``, ``45[2].server``) a job of Torque server ``server``?"""
+    suffix = jobid.split(".", 1)[1] if "." in jobid else ""
+    if not suffix:
+        return False
+    return suffix == server or suffix.startswith(server + ".") or server.startswith(suffix + ".")
+
+
+def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: str = "", log=None,
+       out=None) -> Dict[str, List[str]]:
     """Remove containers and state of jobs pbs_mom no longer knows. Never touches a known job,
-    nor anything younger than ``grace`` seconds (a job being set up right now)."""
+    nor anything younger than ``grace`` seconds (a job being set up right now).
+
+    A job is found through any trace it left on this node: a container labelled with this
+    node's name, a job directory in the state dir, or a port reservation. ``server`` limits
+    the sweep to job ids of that Torque server (nodes or test sites sharing one Docker daemon
+    under the same node names must not judge each other's jobs).
+    """
     from . import lifecycle
     from .runtime import L_JOB
     from .state import NodeState
@@ -107,22 +229,29 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, log=None,
     runtime = lifecycle.runtime_for(cfg)
     now = time.time()
     candidates: Dict[str, float] = {}
+
+    def seen(jobid: str, when: float) -> None:
+        if jobid and (not server or job_of_server(jobid, server)):
+            candidates[jobid] = max(candidates.get(jobid, 0.0), when)
+
     for info in runtime.containers(host=cfg.node_name()):
-        jobid = info.labels.get(L_JOB, "")
-        created = float(info.created or 0)
-        candidates[jobid] = max(candidates.get(jobid, 0.0), created)
+        seen(info.labels.get(L_JOB, ""), float(info.created or 0))
     state = NodeState(cfg.paths_state_dir)
     for jobid in state.job_ids():
-        record = state.load_job(jobid)
-        candidates[jobid] = max(candidates.get(jobid, 0.0), float(record.get("started", 0)))
+        seen(jobid, float(state.load_job(jobid).get("started", 0)))
+    for reservation in state.reserved_ports().values():
+        seen(str(reservation.get("job", "")), float(reservation.get("time", 0)))
     report: Dict[str, List[str]] = {"removed": [], "kept": [], "errors": []}
     for jobid, created in sorted(candidates.items()):
-        if not jobid or mom_knows(pbs_home, jobid) or now - created < grace:
+        if mom_knows(pbs_home, jobid) or now - created < grace:
             report["kept"].append(jobid)
             continue
         result = lifecycle.teardown(cfg, jobid, runtime=runtime, log=log)
         report["removed"].append(jobid)
         report["errors"] += [f"{jobid}: {e}" for e in result.errors]
+        if log is not None:
+            log.info(jobid, f"gc: pbs_mom no longer knows the job: removed {result.removed} container(s)"
+                     + (f"; errors: {'; '.join(result.errors)}" if result.errors else ""))
         if out is not None:
             print(f"gc: job {jobid}: removed {result.removed} container(s)"
                   + (f"; errors: {'; '.join(result.errors)}" if result.errors else ""), file=out)
@@ -146,21 +275,37 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="torque-docker", description=__doc__)
     parser.add_argument("--config", help=f"config file (default ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})")
     sub = parser.add_subparsers(dest="command", required=True)
+    pbs_home = os.environ.get("PBS_HOME", DEFAULT_PBS_HOME)
     p = sub.add_parser("install", help="install the hooks into pbs_mom's mom_priv")
-    p.add_argument("--mom-priv", default=f"{DEFAULT_PBS_HOME}/mom_priv")
+    p.add_argument("--mom-priv", default=f"{pbs_home}/mom_priv")
     p.add_argument("--python", default=sys.executable, help="interpreter for the hooks (default: this one)")
     p.add_argument("--no-job-starter", action="store_true")
     p.add_argument("--no-ssh-dropin", action="store_true")
     p.add_argument("--force", action="store_true", help="replace a site's own hooks or $job_starter")
+    p = sub.add_parser("uninstall", help="remove the hooks, $job_starter and ssh drop-in that install wrote")
+    p.add_argument("--mom-priv", default=f"{pbs_home}/mom_priv")
+    p.add_argument("--keep-ssh-dropin", action="store_true")
     p = sub.add_parser("keygen", help="create the site secret (once; copy it to every node)")
     p.add_argument("--force", action="store_true")
     sub.add_parser("fingerprint", help="show the site secret's fingerprint (compare across nodes)")
     sub.add_parser("ps", help="list job containers on this node")
     p = sub.add_parser("gc", help="remove containers and state of jobs pbs_mom no longer knows")
-    p.add_argument("--pbs-home", default=os.environ.get("PBS_HOME", DEFAULT_PBS_HOME))
+    p.add_argument("--pbs-home", default=pbs_home)
     p.add_argument("--grace", type=float, default=600.0, help="skip anything younger (seconds)")
+    p.add_argument("--server", default="", help="only jobs of this Torque server (job ids NUM.SERVER)")
+    p = sub.add_parser("stage", help="pull an image, or load an allowed tarball (file:/path), onto this node")
+    p.add_argument("image", help="a reference, a site alias, or file:/path/x.tar in an allowed directory")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds the pull may take (default 1800)")
+    p.add_argument("--refresh", action="store_true", help="pull even when the image is present")
+    p.add_argument("--lock-timeout", type=float, default=None,
+                   help="seconds to wait for another stager of the same image (default: --timeout)")
     p = sub.add_parser("check", help="check this node's set-up; exits non-zero with reasons")
-    p.add_argument("--pbs-home", default=os.environ.get("PBS_HOME", DEFAULT_PBS_HOME))
+    p.add_argument("--pbs-home", default=pbs_home)
+    p.add_argument("--image", default=None,
+                   help="also prove this image can run a job's sshd (default: [check] image, if set)")
+    p.add_argument("--fingerprint", default="", help="fail unless the site secret has this fingerprint")
+    p.add_argument("--ssh-config", default="/etc/ssh/ssh_config",
+                   help="the ssh client's system config that must include the drop-in")
     sub.add_parser("config", help="print the default config file")
     args = parser.parse_args(list(argv))
 
@@ -169,10 +314,22 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "config":
         sys.stdout.write(config_mod.render_defaults())
         return 0
+    if args.command == "check":
+        # A broken config is one of the things check reports, not a reason to stop.
+        from .check import run_checks
+        try:
+            cfg, problem = config_mod.load(), None
+        except ConfigError as exc:
+            cfg, problem = None, str(exc)
+        return run_checks(cfg, args.pbs_home, config_error=problem, image=args.image,
+                          fingerprint=args.fingerprint, ssh_config=args.ssh_config, out=sys.stdout)
     cfg = config_mod.load()
     if args.command == "install":
         install(args.mom_priv, python=args.python, job_starter=not args.no_job_starter,
                 dropin=not args.no_ssh_dropin, cfg=cfg, force=args.force)
+        return 0
+    if args.command == "uninstall":
+        uninstall(args.mom_priv, cfg=cfg, dropin=not args.keep_ssh_dropin)
         return 0
     if args.command == "keygen":
         print(f"wrote {cfg.paths_secret_file}: {keys.generate_secret(cfg.paths_secret_file, force=args.force)}")
@@ -182,14 +339,14 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if args.command == "ps":
         return ps(cfg)
+    if args.command == "stage":
+        stage(cfg, args.image, timeout=args.timeout, refresh=args.refresh, lock_timeout=args.lock_timeout)
+        return 0
     if args.command == "gc":
         from .log import Log
-        report = gc(cfg, args.pbs_home, grace=args.grace, log=Log(cfg.log_destination, cfg.node_name()),
-                    out=sys.stdout)
+        report = gc(cfg, args.pbs_home, grace=args.grace, server=args.server,
+                    log=Log(cfg.log_destination, cfg.node_name()), out=sys.stdout)
         print(f"gc: {len(report['removed'])} job(s) cleaned, {len(report['kept'])} kept, "
               f"{len(report['errors'])} error(s)")
         return 1 if report["errors"] else 0
-    if args.command == "check":
-        from .check import run_checks
-        return run_checks(cfg, args.pbs_home, out=sys.stdout)
     return 2

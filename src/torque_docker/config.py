@@ -159,6 +159,7 @@ OPTIONS: List[Option] = [
     Option("cgroups", "parent", _text, "", "cgroup parent for containers ('torque' puts them under the job's Torque cgroup)"),
     Option("log", "destination", _log, "syslog", "admin log: syslog, none or file:/path"),
     Option("log", "verbose", _bool, "no", "more detail in the job's .o"),
+    Option("check", "image", _text, "", "image 'torque-docker check' starts (as nobody, sshd -t) to prove jobs can run; empty: none"),
 ]
 
 _BY_NAME = {(o.section, o.key): o for o in OPTIONS}

@@ -1,0 +1,132 @@
+"""Every config key: a valid value (parsed to what the code uses), an invalid one (an error
+naming the file, line and key, or, for keys the parser takes as text, the reason
+`torque-docker check` gives), and an unknown key in every section."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import pytest
+
+from torque_docker import config
+from torque_docker.check import config_problems
+from torque_docker.errors import ConfigError
+
+
+class Case(NamedTuple):
+    valid: str                 # value as written in the file
+    parsed: Any                # what the Config attribute holds then
+    invalid: str               # a value that must be refused
+    reason: str                # words of the refusal
+    where: str = "parse"       # parse: the parser refuses it; check: config_problems; resolve: listen_address()
+
+
+CASES: Dict[Tuple[str, str], Case] = {
+    ("docker", "endpoint"): Case("tcp://10.0.0.5:2376", "tcp://10.0.0.5:2376", "localhost:2375",
+                                 "is not a Docker address", "check"),
+    ("docker", "api_timeout"): Case("12.5", 12.5, "0", "between 0 and 3600"),
+    ("network", "node_name"): Case("n042", "n042", "no-such-node.invalid", "cannot resolve node name", "resolve"),
+    ("network", "listen_address"): Case("10.1.2.3", "10.1.2.3", "node01", "does not appear to be an IPv4 or IPv6"),
+    ("network", "port_range"): Case("50000-50015", (50000, 50015), "50000-50014", "at least 16 ports"),
+    ("network", "port_candidates"): Case("8", 8, "65", "between 1 and 64"),
+    ("ssh", "sshd_path"): Case("/opt/ssh/sbin//sshd", "/opt/ssh/sbin/sshd", "sshd", "absolute path"),
+    ("ssh", "include_dir"): Case("/run/td/ssh/", "/run/td/ssh", "run/td/ssh", "absolute path"),
+    ("ssh", "dropin"): Case("/etc/ssh/ssh_config.d/50-td.conf", "/etc/ssh/ssh_config.d/50-td.conf",
+                            "50-td.conf", "absolute path"),
+    ("ssh", "ready_timeout"): Case("90", 90.0, "-5", "between 0 and 3600"),
+    ("paths", "state_dir"): Case("/srv/td/state", "/srv/td/state", "./state", "absolute path"),
+    ("paths", "secret_file"): Case("/etc/td/secret", "/etc/td/secret", "secret", "absolute path"),
+    ("paths", "template_dir"): Case("/etc/td/templates", "/etc/td/templates", "templates", "absolute path"),
+    ("jobs", "default_model"): Case("process", "process", "vm", "must be one of: node, process"),
+    ("jobs", "default_run"): Case("host", "host", "vm", "must be one of: container, host"),
+    ("jobs", "shm_size"): Case("512m", "512m", "lots", "is not a size like 1g", "check"),
+    ("jobs", "max_attempts"): Case("5", 5, "0", "between 1 and 100"),
+    ("images", "allowed"): Case("lab/*, docker.io/library/debian:*", ("lab/*", "docker.io/library/debian:*"),
+                                "lab/* 'debian'", "can never match an image reference", "check"),
+    ("images", "aliases"): Case("\n    foam = lab/openfoam:11\n    py=lab/python:3", {"foam": "lab/openfoam:11", "py": "lab/python:3"},
+                                "\n    foam lab/openfoam:11", "must look like 'name = registry/image:tag'"),
+    ("images", "pull"): Case("never", "never", "sometimes", "must be one of: missing, never, always"),
+    ("images", "pull_timeout"): Case("600", 600.0, "7200", "between 0 and 3600"),
+    ("images", "tarball_dirs"): Case("/srv/images /data/img", ("/srv/images", "/data/img"), "/srv/images images",
+                                     "absolute path"),
+    ("mounts", "default"): Case("/scratch:/scratch:ro", ("/scratch:/scratch:ro",), "scratch:/scratch",
+                                "is not an absolute path", "check"),
+    ("mounts", "allowed"): Case("/scratch, /data", ("/scratch", "/data"), "scratch", "absolute path"),
+    ("env", "deny"): Case("LD_* SECRET_TOKEN", ("LD_*", "SECRET_TOKEN"), "LD_PRELOAD=x", "can never match a variable name",
+                          "check"),
+    ("env", "pass"): Case("OMP_* PBS_*", ("OMP_*", "PBS_*"), "OMP_$X", "can never match a variable name", "check"),
+    ("cgroups", "parent"): Case("torque", "torque", "my slice", "contains white space", "check"),
+    ("log", "destination"): Case("file:/var/log/td.log", "file:/var/log/td.log", "stdout", "syslog, none or file:"),
+    ("log", "verbose"): Case("off", False, "maybe", "must be yes or no"),
+    ("check", "image"): Case("lab/sshd-test:1", "lab/sshd-test:1", "evil/x:1", "[check] image evil/x:1 is not in [images] allowed",
+                             "check"),
+}
+# Keys whose invalid case needs other settings to be judged.
+CONTEXT = {("check", "image"): "[images]\nallowed = lab/*\n"}
+
+
+def test_every_option_has_a_case():
+    assert {(o.section, o.key) for o in config.OPTIONS} == set(CASES)
+
+
+def options():
+    return [pytest.param(o, CASES[(o.section, o.key)], id=f"{o.section}.{o.key}") for o in config.OPTIONS]
+
+
+def text_for(option, value: str) -> str:
+    return f"# site config\n[{option.section}]\n{option.key} = {value}\n" + CONTEXT.get((option.section, option.key), "")
+
+
+@pytest.mark.parametrize("option,case", options())
+def test_valid_value(option, case):
+    cfg = config.parse_text(text_for(option, case.valid), "/etc/td.conf")
+    assert getattr(cfg, f"{option.section}_{option.key}") == case.parsed
+    assert cfg.origin[f"{option.section}_{option.key}"] == "/etc/td.conf:3"
+    assert config_problems(cfg) == []
+
+
+@pytest.mark.parametrize("option,case", options())
+def test_invalid_value(option, case):
+    text = text_for(option, case.invalid)
+    if case.where == "parse":
+        with pytest.raises(ConfigError) as info:
+            config.parse_text(text, "/etc/td.conf")
+        message = str(info.value)
+        assert message.startswith(f"/etc/td.conf:3: [{option.section}] {option.key} = "), message
+        assert case.reason in message
+        assert f"(default: {option.default or 'empty'})" in message     # the fix names the default
+    elif case.where == "check":
+        problems = config_problems(config.parse_text(text))
+        assert len(problems) == 1 and case.reason in problems[0], problems
+        assert problems[0].startswith(f"[{option.section}] {option.key}"), problems
+    else:
+        with pytest.raises(ConfigError) as info:
+            config.parse_text(text).listen_address()
+        assert case.reason in str(info.value) and case.invalid in str(info.value)
+
+
+@pytest.mark.parametrize("option,case", options())
+def test_the_default_is_valid_and_documented(option, case):
+    parsed = option.parse(option.default)
+    assert config.defaults().values[f"{option.section}_{option.key}"] == parsed
+    assert f"# {option.help}\n#{option.key} = {option.default}\n" in config.render_defaults()
+
+
+@pytest.mark.parametrize("section", sorted({o.section for o in config.OPTIONS}))
+def test_unknown_key_in_every_section(section):
+    with pytest.raises(ConfigError) as info:
+        config.parse_text(f"\n[{section}]\nbogus_key = 1\n", "/etc/td.conf")
+    message = str(info.value)
+    assert message.startswith(f"/etc/td.conf:3: unknown key 'bogus_key' in [{section}]")
+    valid = [o.key for o in config.OPTIONS if o.section == section]
+    assert message.endswith("valid keys there: " + ", ".join(valid))
+
+
+def test_a_key_in_the_wrong_section_is_unknown_there():
+    with pytest.raises(ConfigError, match=r"x.conf:2: unknown key 'port_range' in \[ssh\]"):
+        config.parse_text("[ssh]\nport_range = 40000-40999\n", "x.conf")
+
+
+def test_keys_are_case_sensitive():
+    with pytest.raises(ConfigError, match="unknown key 'Port_Range'"):
+        config.parse_text("[network]\nPort_Range = 40000-40999\n", "x.conf")
