@@ -1,0 +1,58 @@
+"""The committed packaging files agree with the code, so they cannot drift apart."""
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+from torque_docker import __version__, admin, config
+
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+SPEC = (PACKAGING / "torque-docker.spec").read_text()
+
+
+def test_committed_default_config_is_render_defaults():
+    """Regenerate with: torque-docker config > packaging/torque-docker.conf"""
+    assert (PACKAGING / "torque-docker.conf").read_text() == config.render_defaults()
+
+
+def test_committed_default_config_parses_to_the_defaults():
+    assert config.parse_text((PACKAGING / "torque-docker.conf").read_text()).values == config.defaults().values
+
+
+def test_spec_version_is_the_package_version():
+    assert re.search(r"^Version:\s+(\S+)$", SPEC, re.M).group(1) == __version__
+
+
+def test_spec_installs_every_hook_with_the_mode_pbs_mom_demands():
+    loop = re.search(r"^for hook in (.+); do$", SPEC, re.M).group(1).split()
+    assert sorted(loop) == sorted(admin.HOOKS + (admin.STARTER,))
+    for hook in admin.HOOKS:
+        assert f"%attr(0500,root,root) %{{_libexecdir}}/%{{name}}/{hook}\n" in SPEC
+    assert f"%attr(0755,root,root) %{{_libexecdir}}/%{{name}}/{admin.STARTER}\n" in SPEC
+
+
+def test_spec_config_is_noreplace_and_mom_priv_is_never_touched():
+    assert "%config(noreplace) %attr(0644,root,root) %{_sysconfdir}/%{name}/torque-docker.conf\n" in SPEC
+    install = SPEC.split("\n%install\n", 1)[1].split("\n%check\n", 1)[0]
+    code = "\n".join(line for line in install.splitlines() if not line.lstrip().startswith("#"))
+    assert "%{buildroot}%{_libexecdir}/%{name}" in code and "mom_priv" not in code and "spool" not in code
+
+
+def test_spec_requires_rhel_packages():
+    requires = set(re.findall(r"^Requires:\s+(.+?)\s*$", SPEC, re.M))
+    assert {"python3 >= 3.9", "python3-docker", "python3-jinja2", "python3-filelock", "python3-cryptography",
+            "openssh-clients"} <= requires
+
+
+def test_gc_units():
+    service = configparser.ConfigParser(strict=False, interpolation=None)
+    service.optionxform = str
+    service.read_string((PACKAGING / "systemd/torque-docker-gc.service").read_text())
+    assert service["Service"]["Type"] == "oneshot"
+    assert service["Service"]["ExecStart"] == "/usr/bin/torque-docker gc"
+    timer = configparser.ConfigParser(strict=False, interpolation=None)
+    timer.optionxform = str
+    timer.read_string((PACKAGING / "systemd/torque-docker-gc.timer").read_text())
+    assert timer["Timer"]["OnUnitActiveSec"] == "10min"
+    assert timer["Install"]["WantedBy"] == "timers.target"
