@@ -58,3 +58,11 @@ class NodeFault(TorqueDockerError):
 
 class NotOurs(Exception):
     """The job asked for no image: every hook leaves it alone. Not an error."""
+
+
+def no_sshd(image: str, sshd_path: str) -> ImageError:
+    """The one wording for an image without sshd, wherever Docker reports it."""
+    return ImageError(f"image {image} has no {sshd_path}",
+                      "install openssh-server and openssh-client in the image "
+                      "(Debian/Ubuntu: apt-get install openssh-server openssh-client), "
+                      "or ask the admin to set [ssh] sshd_path")

@@ -19,12 +19,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import keys, plan, policy, probe, render
 from .config import Config, resolve_address
-from .errors import ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError
+from .errors import ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, lookup, reachable_dirs
 from .log import Log
 from .request import JobRequest, Mount, parse_resource_list, request_from_resource_list
 from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
-from .state import NodeState, write_file, write_in_place
+from .state import NodeState, ensure_dir, write_file, write_in_place
 from .torque import HookContext, read_nodefile, safe_jobid
 
 CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
@@ -168,9 +168,8 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str) -> None:
     state = NodeState(cfg.paths_state_dir)
     state.ensure()
     job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
-    job_dir.mkdir(mode=0o755, exist_ok=True)
-    ctr.mkdir(mode=0o700, exist_ok=True)
-    os.chown(ctr, user.uid, user.gid)
+    ensure_dir(job_dir, 0o755)
+    ensure_dir(ctr, 0o700, user.uid, user.gid)
     state.save_job(jobid, {"jobid": jobid, "user": user.name, "refused": True, "containers": [],
                            "started": time.time(), "host": cfg.node_name()})
     write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
@@ -232,13 +231,8 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
                     log_level: str) -> None:
     """The job's directory: root-owned 0755 with ``ctr/`` owned by the user, 0700 (keys inside)."""
     job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
-    job_dir.mkdir(mode=0o755, exist_ok=True)
-    os.chmod(job_dir, 0o755)
-    if ctr.is_symlink():
-        raise NodeFault(f"{ctr} is a symlink", "remove it; somebody tampered with the state directory")
-    ctr.mkdir(mode=0o700, exist_ok=True)
-    os.chown(ctr, user.uid, user.gid)
-    os.chmod(ctr, 0o700)
+    ensure_dir(job_dir, 0o755)
+    ensure_dir(ctr, 0o700, user.uid, user.gid)
     own = dict(uid=user.uid, gid=user.gid)
     write_file(ctr / "ssh_host_ed25519_key", secrets_.host_key.private_openssh, 0o600, **own)
     write_file(ctr / "ssh_host_ed25519_key.pub", secrets_.host_key.public_openssh + "\n", 0o644, **own)
@@ -302,9 +296,8 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 busy = "Address already in use" in logs or "Bind to port" in logs
                 if busy and len(tried) < len(container.candidates) and time.monotonic() < deadline:
                     continue   # somebody took the port between our check and sshd's bind
-                if "No such file" in logs or "not found" in logs:
-                    raise ImageError(f"sshd could not start in image {image}: {logs.splitlines()[-1] if logs else ''}",
-                                     "the image needs openssh-server installed") from None
+                if f"exec {cfg.ssh_sshd_path} failed" in logs or "executable file not found" in logs:
+                    raise no_sshd(image, cfg.ssh_sshd_path) from None
                 raise NodeFault(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
 
     containers = list(local.containers)
@@ -352,7 +345,7 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     ctr_text = render.render("ssh_config.j2", cfg.paths_template_dir, identity_file=f"{CTR_DIR}/id_ed25519",
                              known_hosts=f"{CTR_DIR}/known_hosts", **common)
     include_dir = Path(cfg.ssh_include_dir)
-    include_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    ensure_dir(include_dir, 0o755)
     host_config = include_dir / f"{safe_jobid(ctx.jobid)}.conf"
     write_file(host_config, host_text, 0o644)
     write_in_place(ctr / "ssh_config", ctr_text)

@@ -14,7 +14,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
 
-from .errors import ImageError, NodeFault
+from .errors import ImageError, NodeFault, no_sshd
 
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
 L_JOB, L_HOST, L_NODE, L_SLOT = f"{LABEL}.job", f"{LABEL}.host", f"{LABEL}.node-index", f"{LABEL}.slot"
@@ -143,9 +143,7 @@ class Runtime:
             text = _short(exc)
             self.remove(spec.name)
             if "executable file not found" in text or "no such file or directory" in text:
-                raise ImageError(f"image {spec.image} has no {spec.command[0]}",
-                                 "install openssh-server (and openssh-client) in the image, "
-                                 "or ask the admin to set [ssh] sshd_path") from None
+                raise no_sshd(spec.image, spec.command[0]) from None
             raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
         except DockerException as exc:
             raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None

@@ -38,6 +38,19 @@ def write_file(path: Path, data: "str | bytes", mode: int, uid: int = -1, gid: i
     os.replace(tmp, path)
 
 
+def ensure_dir(path: Path, mode: int, uid: int = -1, gid: int = -1) -> Path:
+    """mkdir -p with the mode really set: hooks run under umask 077 (torque-facts.md), which
+    would silently make a 0755 directory 0700 and lock the job user out."""
+    path = Path(path)
+    if path.is_symlink():
+        raise NodeFault(f"{path} is a symlink", "remove it; the state directory must not contain links")
+    path.mkdir(parents=True, exist_ok=True)
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid)
+    os.chmod(path, mode)
+    return path
+
+
 def write_in_place(path: Path, data: str) -> None:
     """Rewrite without changing the inode (bind mounts and open handles see the new text)."""
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
@@ -53,9 +66,7 @@ class NodeState:
 
     def ensure(self) -> None:
         for sub in ("", "jobs"):
-            path = self.root / sub
-            path.mkdir(mode=0o755, parents=True, exist_ok=True)
-            os.chmod(path, 0o755)
+            ensure_dir(self.root / sub, 0o755)
 
     # ---- per-job directory ------------------------------------------------
     def job_dir(self, jobid: str) -> Path:
