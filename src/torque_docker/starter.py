@@ -110,7 +110,31 @@ def main(argv: Sequence[str]) -> int:
         os.environ["OMPI_MCA_orte_default_hostfile"] = os.environ["PBS_NODEFILE"]
     if info.get("run") != "container":
         os.execv(shell, [shell])     # run=host: the paper's way, ranks still land in containers
+    if os.environ.get("PBS_ENVIRONMENT") == "PBS_INTERACTIVE":
+        argv_ = interactive_argv(info, shell, os.getcwd(), os.environ)
+        os.execv(argv_[0], argv_)    # qsub -I: the user's terminal, a login shell in the container
     return run_in_container(info, shell, sys.stdin)
+
+
+def container_env(info: dict, environ: Mapping[str, str]) -> Dict[str, str]:
+    """The job's environment as it should be inside the image."""
+    env = filtered_env(environ, info.get("env_deny", []), info.get("env_pass", ["*"]))
+    env.update(LAUNCHER_ENV)
+    env["PATH"] = info.get("path") or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
+    env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
+    env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
+    env.setdefault("HOME", environ.get("HOME", "/"))
+    return env
+
+
+def interactive_argv(info: dict, shell: str, cwd: str, environ: Mapping[str, str]) -> List[str]:
+    """ssh with a terminal into the MS container, starting a login shell where Torque would."""
+    env = container_env(info, environ)
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    login = info.get("shell", shell)
+    command = (f"cd {shlex.quote(cwd)} 2>/dev/null || cd; "
+               f"exec env -i {assignments} {shlex.quote(login)} -l")
+    return ["/usr/bin/ssh", "-tt", "-o", "LogLevel=ERROR", info["alias"], command]
 
 
 def run_in_container(info: dict, shell: str, stdin) -> int:
@@ -126,12 +150,7 @@ def run_in_container(info: dict, shell: str, stdin) -> int:
     fd = os.open(ctr_host / "job-script", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
     with os.fdopen(fd, "wb") as handle:
         handle.write(text)
-    env = filtered_env(os.environ, info.get("env_deny", []), info.get("env_pass", ["*"]))
-    env.update(LAUNCHER_ENV)
-    env["PATH"] = info.get("path") or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
-    env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
-    env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
-    env.setdefault("HOME", os.environ.get("HOME", "/"))
+    env = container_env(info, os.environ)
     command = remote_command(os.getcwd(), env, info.get("shell", shell), script_in_ctr, args)
     ssh = ["/usr/bin/ssh", "-T", "-o", "LogLevel=ERROR", info["alias"], command]
     # Its own session: pbs_mom signals every process of the job's session on qdel, and an

@@ -85,3 +85,25 @@ def test_two_node_openmpi_job_launches_with_no_flags(site):
     ranks = [line for line in result.stdout.splitlines() if line.startswith("rank=")]
     assert len(ranks) == 4, result.stdout + result.stderr
     assert {line.split("host=")[1].split()[0].rsplit("-", 1)[1] for line in ranks} == {"n0", "n1"}
+
+
+def test_interactive_session_is_a_login_shell_in_the_container(site):
+    """qsub -I: the simulator has no terminal, so the job (run=host) drives the starter's own
+    interactive command with input on a pipe; ssh -tt gives the shell a pseudo-terminal."""
+    script = """#!/bin/bash
+cd /
+printf 'echo "tty=$(tty | cut -c1-8) marker=$(cat /etc/torque-docker-test-marker) pwd=$(pwd)"\\nexit 5\\n' | \\
+/usr/bin/python3 -c '
+import json, os, sys
+from torque_docker import starter
+info = json.load(open(sys.argv[1]))
+argv = starter.interactive_argv(info, "/bin/bash", os.environ["HOME"], os.environ)
+os.execv(argv[0], argv)' "$STARTER_JSON"
+echo "exit=$?"
+"""
+    job = site.job(script, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE};run=host")
+    ctr = site.state_dir("tdnode0") / "jobs" / job.jobid / "ctr" / "starter.json"
+    job.variables["STARTER_JSON"] = str(ctr)
+    result = site.cluster.run(job)
+    assert "tty=/dev/pts marker=inside-the-openmpi-image pwd=/home/tduser" in result.stdout, result.stdout + result.stderr
+    assert "exit=5" in result.stdout
