@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import keys, plan, policy, probe, render
+from . import keys, plan, policy, probe, render, resources
 from .config import Config, resolve_address
 from .errors import ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, lookup, reachable_dirs
@@ -80,14 +80,24 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         return keys.candidate_ports(secret, ctx.jobid, node_index, slot, cfg.network_port_range,
                                     cfg.network_port_candidates)
 
+    requested = parse_resource_list(ctx.resource_list)
     if ctx.is_ms:
         hosts = read_nodefile(Path(ctx.nodefile).read_text())
         nodes = plan.plan_job(ctx.jobid, hosts, model, ports)
         local = nodes[0]
+        slots_here: Optional[int] = len(local.containers[0].nodefile_slots) if model == "node" else len(local.containers)
+        num_nodes = len(nodes)
     else:
-        count = 1 if model == "node" else plan.local_slot_count(
-            ctx.node_index, parse_resource_list(ctx.resource_list), ctx.environ)
+        try:
+            slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.environ)
+        except RequestError:
+            if model == "process":
+                raise
+            slots_here = None        # per-node: one container anyway, just not pinned
+        count = 1 if model == "node" else slots_here
         nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
+        num_nodes = int(ctx.environ.get("PBS_NUM_NODES", "1") or "1")
+    mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
     timer.step("plan")
 
     state = NodeState(cfg.paths_state_dir)
@@ -108,8 +118,13 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
                                    "host": cfg.node_name(), "ms": ctx.is_ms, "image": reference,
                                    "containers": [], "started": time.time()})
         timer.step("files")
+        cores = resources.torque_cpuset(ctx.jobid)
+        if cores is None and slots_here:
+            cores = state.allocate_cores(ctx.jobid, slots_here, resources.node_cpus())
+        limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
+                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid))
         started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, binds,
-                                   secrets_.token)
+                                   secrets_.token, limits)
         setup.containers = started
         record = state.load_job(ctx.jobid)
         record["containers"] = started
@@ -255,15 +270,49 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
     write_file(ctr / "group", render.group_text(user.name, user.groups), 0o644)
 
 
+@dataclass(frozen=True)
+class ContainerLimits:
+    cores: Tuple[int, ...] = ()       # the job's cores on this node (empty: not pinned)
+    mem_limit: Optional[int] = None   # bytes per container
+    model: str = "node"
+    cgroup_parent: Optional[str] = None
+
+    def cpuset(self, slot: int) -> Optional[str]:
+        if not self.cores:
+            return None
+        if self.model == "process":
+            return str(self.cores[slot % len(self.cores)])
+        return resources.format_cpu_list(self.cores)
+
+
+def cgroup_parent(cfg: Config, jobid: str) -> Optional[str]:
+    """``torque``: under the job's own Torque cgroup, so Torque accounts and kills with the job."""
+    if cfg.cgroups_parent == "torque":
+        return f"/torque/{jobid}"
+    return cfg.cgroups_parent or None
+
+
 def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookContext, user: UserInfo,
                      local: plan.NodePlan, image: str, address: str,
-                     binds: List[Tuple[str, str, bool]], token: str) -> List[Dict[str, object]]:
-    """Start this node's containers in parallel; each returns once its sshd answers."""
+                     binds: List[Tuple[str, str, bool]], token: str,
+                     limits: ContainerLimits = ContainerLimits()) -> List[Dict[str, object]]:
+    """Start this node's containers in parallel; each returns once its sshd answers.
+
+    With model=process the first container owns an IPC namespace the others join, so the
+    ranks of a node can share memory (/dev/shm, SysV) across containers.
+    """
     deadline = time.monotonic() + cfg.ssh_ready_timeout
     host = cfg.node_name()
     # Where mpirun runs with run=container (the MS's first container), the other containers
     # of its own node must not resolve: Open MPI would take them for itself (field notes, 2).
     launcher_hosts = ctx.is_ms and len(local.containers) > 1
+
+    first = local.containers[0]
+
+    def ipc_mode(container: plan.ContainerPlan) -> Optional[str]:
+        if len(local.containers) < 2 or cfg.jobs_process_ipc == "private":
+            return None
+        return "shareable" if container is first else f"container:{first.name}"
 
     def one(container: plan.ContainerPlan) -> Dict[str, object]:
         tried: List[int] = []
@@ -278,7 +327,10 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 labels={L_JOB: ctx.jobid, L_HOST: host, L_NODE: str(ctx.node_index), L_SLOT: str(container.slot),
                         L_ALIAS: container.alias, L_USER: user.name, L_PORT: str(port)},
                 binds=tuple(binds), shm_size=cfg.jobs_shm_size,
-                cgroup_parent=cfg.cgroups_parent or None,
+                cpuset_cpus=limits.cpuset(container.slot),
+                mem_limit=str(limits.mem_limit) if limits.mem_limit else None,
+                ipc_mode=ipc_mode(container),
+                cgroup_parent=limits.cgroup_parent,
             )
             if launcher_hosts and container.slot == 0:
                 spec = replace(spec, binds=tuple((src.replace("/hosts", "/hosts-launcher") if dst == "/etc/hosts"
@@ -300,10 +352,11 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                     raise no_sshd(image, cfg.ssh_sshd_path) from None
                 raise NodeFault(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
 
-    containers = list(local.containers)
+    results: List[Dict[str, object]] = [one(first)]     # the others join its IPC namespace
+    containers = list(local.containers[1:])
+    first_error: Optional[BaseException] = None
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(containers)))) as pool:
         futures = [pool.submit(one, c) for c in containers]
-        results, first_error = [], None
         for future in futures:
             try:
                 results.append(future.result())
@@ -438,6 +491,7 @@ def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, node
 
     step("containers", remove_containers)
     step("ports", lambda: state.release_ports(jobid))
+    step("cores", lambda: state.release_cores(jobid))
     step("ssh config", lambda: _unlink(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"))
     if nodefile is not None:
         step("nodefile", lambda: _restore_nodefile(state, jobid, Path(nodefile)))

@@ -113,6 +113,34 @@ class NodeState:
             if table.pop(jobid, None) is not None:
                 write_file(path, json.dumps(table), 0o600)
 
+    # ---- cores ------------------------------------------------------------
+    def allocate_cores(self, jobid: str, count: int, available: Sequence[int]) -> List[int]:
+        """Cores for jobid on this node, none held by another running job while any are free."""
+        from .resources import choose_cores
+        with self._lock():
+            path = self.root / "cores.json"
+            table = _read_json(path)
+            holders: Dict[int, List[str]] = {}
+            for core, jobs in table.items():
+                holders[int(core)] = [j for j in jobs if j != jobid]
+            chosen = choose_cores(available, holders, count)
+            for core in chosen:
+                holders.setdefault(core, []).append(jobid)
+            write_file(path, json.dumps({str(c): j for c, j in sorted(holders.items()) if j}), 0o600)
+            return chosen
+
+    def release_cores(self, jobid: str) -> None:
+        with self._lock():
+            path = self.root / "cores.json"
+            table = _read_json(path)
+            kept = {c: [j for j in jobs if j != jobid] for c, jobs in table.items()}
+            kept = {c: j for c, j in kept.items() if j}
+            if kept != table:
+                write_file(path, json.dumps(kept), 0o600)
+
+    def cores_held(self) -> Dict[str, List[str]]:
+        return _read_json(self.root / "cores.json")
+
     # ---- ports ------------------------------------------------------------
     def _lock(self) -> FileLock:
         return FileLock(str(self.root / "node.lock"), timeout=LOCK_TIMEOUT)
