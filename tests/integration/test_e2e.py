@@ -45,6 +45,8 @@ def test_job_without_image_runs_untouched_on_the_host(site, docker_client):
     for node in site.nodes:
         assert not (site.state_dir(node) / "jobs" / job.jobid).exists()
     assert any(r.script == "prologue" and r.rc == 0 for r in result.hook_runs)
+    log = site.log_file.read_text() if site.log_file.exists() else ""
+    assert job.jobid not in log                       # the hooks did nothing at all for it
 
 
 def test_ssh_alias_works_on_the_host_and_inside_every_container(site):
