@@ -270,6 +270,30 @@ def ps(cfg: config_mod.Config, out=sys.stdout) -> int:
     return 0
 
 
+def change_limits(cfg: config_mod.Config, jobid: str, *, slot: Optional[int] = None, cpus: Optional[float] = None,
+                  memory: Optional[str] = None, cpuset: Optional[str] = None, log=None, out=sys.stdout) -> int:
+    """Live limits (the paper's future work): docker update, then read back and log."""
+    from . import lifecycle
+    from .runtime import L_SLOT
+    from .usage import limit_changes
+    changes = limit_changes(cpus, memory, cpuset)
+    runtime = lifecycle.runtime_for(cfg)
+    targets = [c for c in runtime.containers(jobid=jobid, host=cfg.node_name()) if c.status == "running"
+               and (slot is None or c.labels.get(L_SLOT) == str(slot))]
+    if not targets:
+        raise TorqueDockerError(f"job {jobid} has no running container{'' if slot is None else f' in slot {slot}'} "
+                                f"on {cfg.node_name()}", "check the job id and node with 'torque-docker ps'")
+    for container in sorted(targets, key=lambda c: c.name):
+        before = runtime.limits(container.id)
+        runtime.update(container.id, **changes)
+        after = runtime.limits(container.id)
+        line = f"limits {container.name}: {before} -> {after}"
+        print(line, file=out)
+        if log is not None:
+            log.info(jobid, line)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="torque-docker", description=__doc__)
@@ -307,6 +331,12 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--ssh-config", default="/etc/ssh/ssh_config",
                    help="the ssh client's system config that must include the drop-in")
     sub.add_parser("config", help="print the default config file")
+    p = sub.add_parser("limits", help="change a running job's container limits on this node (docker update)")
+    p.add_argument("jobid")
+    p.add_argument("--slot", type=int, default=None, help="only this container slot (model=process)")
+    p.add_argument("--cpus", type=float, default=None, help="CPU quota in cores, e.g. 1.5")
+    p.add_argument("--memory", default=None, help="memory limit, Torque style (2gb, 512mb)")
+    p.add_argument("--cpuset", default=None, help="cores, e.g. 2-3")
     args = parser.parse_args(list(argv))
 
     if args.config:
@@ -342,6 +372,10 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "stage":
         stage(cfg, args.image, timeout=args.timeout, refresh=args.refresh, lock_timeout=args.lock_timeout)
         return 0
+    if args.command == "limits":
+        from .log import Log
+        return change_limits(cfg, args.jobid, slot=args.slot, cpus=args.cpus, memory=args.memory,
+                             cpuset=args.cpuset, log=Log(cfg.log_destination, cfg.node_name()))
     if args.command == "gc":
         from .log import Log
         report = gc(cfg, args.pbs_home, grace=args.grace, server=args.server,

@@ -133,7 +133,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         if ctx.is_ms:
             connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer)
             write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]),
-                               path=runtime.image_path(reference))
+                               path=runtime.image_path(reference),
+                               usage_table=model == "process" or cfg.log_verbose)
         count = sum(len(n.containers) for n in nodes) if ctx.is_ms else len(started)
         where = f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms else f"{count} container(s)"
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
@@ -168,12 +169,12 @@ def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
 
 
 def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config, run: str, alias: str,
-                       path: str = "", refusal: str = "") -> None:
+                       path: str = "", refusal: str = "", usage_table: bool = False) -> None:
     """What the job starter (running as the user) needs: where and how to run the script."""
     ctr = state.ctr_dir(jobid)
     info = {"jobid": jobid, "run": run, "alias": alias, "ctr_dir": str(ctr), "shell": user.shell,
             "ssh_config": str(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"),
-            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal}
+            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal, "usage_table": usage_table}
     write_file(ctr / "starter.json", json.dumps(info, indent=1), 0o600, uid=user.uid, gid=user.gid)
 
 
@@ -482,8 +483,17 @@ def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, node
         idents |= {str(c["id"]) for c in record.get("containers", []) if c.get("id")}
         if not idents:
             return
+
+        def account_and_remove(ident: str) -> "bool | Exception":
+            if log is not None:      # per-container accounting for the admin log, before it is gone
+                used = _try(rt.usage, ident)
+                if used and not isinstance(used, Exception):
+                    log.info(jobid, f"usage {used.name}: cpu={used.cpu_seconds:.2f}s "
+                                    f"peak_mem={used.peak_bytes}B wall={used.ended - used.started:.1f}s")
+            return _try(rt.remove, ident)
+
         with ThreadPoolExecutor(max_workers=min(16, len(idents))) as pool:
-            outcomes = list(pool.map(lambda i: _try(rt.remove, i), idents))
+            outcomes = list(pool.map(account_and_remove, idents))
         result.removed = sum(1 for o in outcomes if o is True)
         failures = [str(o) for o in outcomes if isinstance(o, Exception)]
         if failures:

@@ -197,6 +197,31 @@ class Runtime:
         except (APIError, DockerException) as exc:
             raise NodeFault(f"Docker could not update {ident}: {_short(exc)}") from None
 
+    def limits(self, ident: str) -> Dict[str, object]:
+        """What Docker enforces now: read back after a live change."""
+        host = self.client.api.inspect_container(ident).get("HostConfig", {})
+        quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
+        return {"cpus": round(quota / period, 3) if quota > 0 and period else None,
+                "memory": host.get("Memory") or None, "cpuset": host.get("CpusetCpus") or None}
+
+    def usage(self, ident: str):
+        """Usage so far of a running container (None when it is not running)."""
+        from .usage import host_usage
+        try:
+            attrs = self.client.api.inspect_container(ident)
+        except (APIError, DockerException):
+            return None
+        state = attrs.get("State", {})
+        if not state.get("Pid"):
+            return None
+        from datetime import datetime, timezone
+        try:
+            started = datetime.fromisoformat(state.get("StartedAt", "")[:26].rstrip("Z")).replace(
+                tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            started = 0.0
+        return host_usage(state["Pid"], attrs.get("Name", "").lstrip("/"), started)
+
     def stats(self, ident: str) -> Dict[str, object]:
         try:
             return self.client.api.stats(ident, stream=False)

@@ -109,7 +109,12 @@ def main(argv: Sequence[str]) -> int:
     if os.environ.get("PBS_NODEFILE"):    # plain `mpirun prog` uses the job's slots, as with TM
         os.environ["OMPI_MCA_orte_default_hostfile"] = os.environ["PBS_NODEFILE"]
     if info.get("run") != "container":
-        os.execv(shell, [shell])     # run=host: the paper's way, ranks still land in containers
+        # run=host: the paper's way, ranks still land in containers.
+        if not info.get("usage_table"):
+            os.execv(shell, [shell])
+        code = subprocess.call([shell])          # same stdin (the job line), same session
+        print_usage(info)
+        return exit_like(code)
     if os.environ.get("PBS_ENVIRONMENT") == "PBS_INTERACTIVE":
         argv_ = interactive_argv(info, shell, os.getcwd(), os.environ)
         os.execv(argv_[0], argv_)    # qsub -I: the user's terminal, a login shell in the container
@@ -174,4 +179,46 @@ def run_in_container(info: dict, shell: str, stdin) -> int:
             break
         except InterruptedError:
             continue
+    if info.get("usage_table"):
+        print_usage(info)
     return code if code >= 0 else 128 - code
+
+
+def exit_like(code: int) -> int:
+    """Die of the same signal as the child did, so Torque records 256+N as it would."""
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return 128 - code
+    return code
+
+
+def job_aliases() -> List[str]:
+    try:
+        lines = Path(os.environ["PBS_NODEFILE"]).read_text().split()
+    except (KeyError, OSError):
+        return []
+    return list(dict.fromkeys(lines))
+
+
+def print_usage(info: dict) -> None:
+    """The per-container usage table at the end of the job's .o (model=process, or verbose)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from .usage import INSIDE, parse_inside, table
+
+    def one(alias: str):
+        try:
+            out = subprocess.run(["/usr/bin/ssh", "-T", "-o", "LogLevel=ERROR", alias, INSIDE],
+                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20).stdout
+        except subprocess.SubprocessError:
+            return None
+        return parse_inside(alias, out.strip())
+
+    aliases = job_aliases()
+    if not aliases:
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(aliases))) as pool:
+        rows = [r for r in pool.map(one, aliases) if r]
+    if rows:
+        sys.stdout.write(table(rows, info.get("jobid", "")))
+        sys.stdout.flush()

@@ -74,3 +74,51 @@ def test_without_ipc_sharing_the_same_run_fails(make_site):
     result = site.cluster.run(shm_job(site))
     assert "rank=1 shm=fail" in result.stdout, result.stdout + result.stderr
     assert result.exit_status != 0
+
+
+def test_usage_table_closes_the_o_file(site):
+    script = "#!/bin/bash\nmpirun -np 2 bash -c 'x=0; for i in $(seq 1 200000); do x=$((x+i)); done; echo done'\n"
+    job = site.job(script, [("tdnode0", 1), ("tdnode1", 1)], other=f"image={OPENMPI_IMAGE};model=process")
+    result = site.cluster.run(job)
+    assert result.stdout.count("done") == 2, result.stdout + result.stderr
+    head = result.stdout.index(f"torque-docker: usage per container of job {job.jobid}")
+    rows = re.findall(r"^  (td-\S+)\s+([\d.]+)\s+([\d.]+)\s+(\d\d:\d\d:\d\d)\s+(\d\d:\d\d:\d\d)$",
+                      result.stdout[head:], re.M)
+    assert sorted(r[0].rsplit("-", 2)[1] for r in rows) == ["n0", "n1"]
+    assert all(float(cpu) > 0.05 and float(mem) > 0 for _, cpu, mem, _, _ in rows), rows
+    log = site.log_file.read_text()
+    assert f"job={job.jobid} node=tdnode1 usage td-" in log      # sisters account in the admin log
+
+
+def test_live_limits_change_a_running_container(site, docker_client):
+    import subprocess
+    import time
+    script = "#!/bin/bash\nsleep 30\n"
+    job = site.job(script, [("tdnode0", 2)], other=f"image={OPENMPI_IMAGE};model=process;run=host",
+                   kill_after=25)
+    thread = threading.Thread(target=lambda: site.cluster.run(job))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(docker_client.containers.list(
+                filters={"label": f"torque-docker.job={job.jobid}"})) < 2:
+            time.sleep(0.2)
+        env = {"PATH": "/usr/bin:/bin", "TORQUE_DOCKER_CONF": str(site.configs["tdnode0"])}
+        done = subprocess.run(["/usr/bin/python3", "-m", "torque_docker.cli", "limits", job.jobid, "--slot", "1",
+                               "--cpus", "0.5", "--memory", "256mb"], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        containers = {c.labels["torque-docker.slot"]: c for c in
+                      docker_client.containers.list(filters={"label": f"torque-docker.job={job.jobid}"})}
+        changed = containers["1"].attrs["HostConfig"]
+        assert changed["CpuQuota"] == 50000 and changed["CpuPeriod"] == 100000
+        assert changed["Memory"] == 256 * 2**20
+        untouched = containers["0"].attrs["HostConfig"]
+        assert untouched["CpuQuota"] == 0 and untouched["Memory"] == 0
+        assert "limits td-" in done.stdout and "'cpus': 0.5" in done.stdout
+        assert f"job={job.jobid} node=tdnode0 limits td-" in site.log_file.read_text()
+        wrong = subprocess.run(["/usr/bin/python3", "-m", "torque_docker.cli", "limits", "999.nojob", "--cpus", "1"],
+                               capture_output=True, text=True, env=env, timeout=60)
+        assert wrong.returncode == 1 and "has no running container" in wrong.stderr
+    finally:
+        thread.join(timeout=120)
