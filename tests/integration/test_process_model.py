@@ -122,3 +122,47 @@ def test_live_limits_change_a_running_container(site, docker_client):
         assert wrong.returncode == 1 and "has no running container" in wrong.stderr
     finally:
         thread.join(timeout=120)
+
+
+def _torque_cgroup(jobid, cpus):
+    """What Torque built --enable-cgroups does before the prologues: the job's cpuset."""
+    root = Path("/sys/fs/cgroup/cpuset/torque")
+    made = []
+    for path in (root, root / jobid):
+        if not path.exists():
+            path.mkdir()
+            made.append(path)
+    for path, value in ((root, None), (root / jobid, cpus)):
+        parent = path.parent
+        (path / "cpuset.mems").write_text((parent / "cpuset.mems").read_text())
+        (path / "cpuset.cpus").write_text(value or (parent / "cpuset.cpus").read_text())
+    return made
+
+
+def _rmdir_tree(path):
+    for child in sorted(path.glob("*/"), key=lambda p: -len(p.parts)):
+        if child.is_dir() and (child / "cgroup.procs").exists():
+            _rmdir_tree(child)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def test_torque_cpuset_and_cgroup_parent(make_site, docker_client):
+    site = make_site(nodes=1, extra_config="[cgroups]\nparent = torque\n")
+    script = ("#!/bin/bash\nssh $(head -1 $PBS_NODEFILE) "
+              "'cat /sys/fs/cgroup/cpuset/cpuset.cpus; grep cpuset /proc/self/cgroup'\n")
+    job = site.job(script, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE};model=process;run=host")
+    last_core = str(max(__import__("os").sched_getaffinity(0)))
+    made = _torque_cgroup(job.jobid, last_core)
+    try:
+        result = site.cluster.run(job)
+        lines = result.stdout.splitlines()
+        assert lines[1] == last_core, result.stdout + result.stderr      # Torque's cpuset, not the allocator's
+        assert f":/torque/{job.jobid}/" in lines[2]                       # parented under the job's cgroup
+    finally:
+        for sub in ("cpuset", "cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer", "systemd"):
+            _rmdir_tree(Path(f"/sys/fs/cgroup/{sub}/torque/{job.jobid}"))
+        for path in reversed(made):
+            _rmdir_tree(path)
