@@ -147,6 +147,7 @@ OPTIONS: List[Option] = [
     Option("jobs", "default_run", _choice("container", "host"), "container", "where the batch script runs when the job says nothing (container needs the job starter)"),
     Option("jobs", "shm_size", _text, "1g", "size of /dev/shm in each container"),
     Option("jobs", "process_ipc", _choice("shared", "private"), "shared", "model=process: containers of a node share one IPC namespace (shared memory between ranks)"),
+    Option("jobs", "sweep_grace", _seconds, "600", "the prologue's sweep leaves anything younger alone (seconds)"),
     Option("jobs", "max_attempts", _int_range(1, 100), "3", "node-fault requeues of one job on a node before it is aborted"),
     Option("images", "allowed", _words, "*", "image patterns users may ask for (fnmatch on the full reference)"),
     Option("images", "aliases", _aliases, "", "short names for images, one 'name = reference' per line"),

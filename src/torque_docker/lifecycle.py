@@ -103,6 +103,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     state = NodeState(cfg.paths_state_dir)
     state.ensure()
     runtime = runtime_for(cfg)
+    sweep_node(cfg, ctx, runtime, log)
     # A requeued job starts again from scratch on this node.
     teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
     reference = ensure_image(runtime, image, cfg, log, ctx.jobid)
@@ -148,6 +149,16 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         for error in undone.errors:
             log.error(ctx.jobid, f"cleanup after failed {ctx.kind}: {error}")
         raise
+
+
+def sweep_node(cfg: Config, ctx: HookContext, runtime: Runtime, log: Log) -> None:
+    """Remove what jobs mom no longer knows left on this node; never fails the job."""
+    from . import sweep
+    try:
+        sweep.gc(cfg, str(ctx.pbs_home), grace=cfg.jobs_sweep_grace, server=sweep.server_of(ctx.jobid),
+                 log=log, runtime=runtime, skip=ctx.jobid)
+    except Exception as exc:
+        log.warning(ctx.jobid, f"sweep failed: {exc}")
 
 
 def starter_installed(pbs_home: Path) -> bool:

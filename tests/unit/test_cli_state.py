@@ -110,3 +110,51 @@ def test_teardown_runs_every_step_despite_failures(tmp_path):
     runtime2.containers = lambda jobid=None, host=None: []
     again = lifecycle.teardown(cfg, "5.s", runtime=runtime2)
     assert again.errors == [] and not state.job_dir("5.s").exists()
+
+
+def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path, monkeypatch):
+    """The race the lock cannot prevent (another program binds after our check): sshd
+    fails with 'Address already in use', the container is removed and the next candidate used."""
+    from torque_docker import lifecycle, plan, probe
+    from torque_docker.identity import UserInfo
+    from torque_docker.torque import HookContext
+
+    cfg = parse_text(f"[paths]\nstate_dir = {tmp_path}/state\n[network]\nnode_name = n0\n")
+    state = NodeState(cfg.paths_state_dir)
+    state.ensure()
+    monkeypatch.setattr("torque_docker.state.port_is_free", lambda address, port: True)
+
+    class Runtime:
+        def __init__(self):
+            self.started, self.removed = [], []
+
+        def start(self, spec):
+            self.started.append(spec)
+            return f"c{len(self.started)}"
+
+        def state(self, ident):
+            return ("exited", 255) if ident == "c1" else ("running", None)
+
+        def logs(self, ident):
+            return "Bind to port 41001 on 127.0.0.1 failed: Address already in use." if ident == "c1" else ""
+
+        def remove(self, ident):
+            self.removed.append(ident)
+            return True
+
+    def wait(address, port, token, deadline, still_running, interval=0.02):
+        if not still_running():
+            raise lifecycle.NodeFault("sshd in the container exited before answering")
+
+    monkeypatch.setattr(probe, "wait_for_sshd", wait)
+    runtime = Runtime()
+    ctx = HookContext(kind="prologue", jobid="9.s", user="u", group="u", jobname="n", resource_list="",
+                      node_index=0, pbs_home=tmp_path, workdir="", nodefile=None, environ={})
+    user = UserInfo("u", 2001, 2001, "/home/u", "/bin/sh", "", (("u", 2001),))
+    local = plan.NodePlan(0, "n0", (plan.ContainerPlan(0, 0, "td-9-s-n0", (41001, 41002)),))
+    started = lifecycle.start_containers(runtime, state, cfg, ctx, user, local, "img", "127.0.0.1", [], "tok")
+    assert [c["port"] for c in started] == [41002]
+    assert runtime.removed == ["c1"]
+    assert "ListenAddress=127.0.0.1:41001" in runtime.started[0].command[-1]
+    assert "ListenAddress=127.0.0.1:41002" in runtime.started[1].command[-1]
+    assert list(state.reserved_ports()) == ["127.0.0.1:41002"]

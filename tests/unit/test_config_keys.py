@@ -42,6 +42,7 @@ CASES: Dict[Tuple[str, str], Case] = {
     ("jobs", "shm_size"): Case("512m", "512m", "lots", "is not a size like 1g", "check"),
     ("jobs", "max_attempts"): Case("5", 5, "0", "between 1 and 100"),
     ("jobs", "process_ipc"): Case("private", "private", "none", "must be one of: shared, private"),
+    ("jobs", "sweep_grace"): Case("30", 30.0, "-1", "seconds between 0 and 3600"),
     ("images", "allowed"): Case("lab/*, docker.io/library/debian:*", ("lab/*", "docker.io/library/debian:*"),
                                 "lab/* 'debian'", "can never match an image reference", "check"),
     ("images", "aliases"): Case("\n    foam = lab/openfoam:11\n    py=lab/python:3", {"foam": "lab/openfoam:11", "py": "lab/python:3"},
