@@ -114,7 +114,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid))
     setup = Setup(ctx.jobid)
     try:
-        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR")
+        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR", image_id=image_id)
         state.save_job(ctx.jobid, {"jobid": ctx.jobid, "user": user.name, "node_index": ctx.node_index,
                                    "host": cfg.node_name(), "ms": ctx.is_ms, "image": reference,
                                    "containers": [], "started": time.time()})
@@ -125,14 +125,14 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
                                  cgroup_parent=cgroup_parent(cfg, ctx.jobid))
         started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, binds,
-                                   secrets_.token, limits)
+                                   secrets_.token, limits)      # banner prefix: the image tag may follow
         setup.containers = started
         record = state.load_job(ctx.jobid)
         record["containers"] = started
         state.save_job(ctx.jobid, record)
         timer.step("start")
         if ctx.is_ms:
-            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer)
+            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference)
             write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]),
                                path=runtime.image_path(reference),
                                usage_table=model == "process" or cfg.log_verbose)
@@ -254,8 +254,13 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
     return binds
 
 
+def image_tag(image_id: str) -> str:
+    """Short form of an image id for the sshd banner (``sha256:`` dropped)."""
+    return image_id.split(":")[-1][:16]
+
+
 def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys.JobSecrets, cfg: Config,
-                    log_level: str) -> None:
+                    log_level: str, image_id: str = "") -> None:
     """The job's directory: root-owned 0755 with ``ctr/`` owned by the user, 0700 (keys inside)."""
     job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
     ensure_dir(job_dir, 0o755)
@@ -271,7 +276,9 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
                                                   alias_pattern=plan.alias_pattern(jobid), host_key=host_key),
                0o644, **own)
     write_file(ctr / "sshd_config", render.render("sshd_config.j2", cfg.paths_template_dir, jobid=jobid,
-                                                  user=user.name, ctr_dir=CTR_DIR, token=secrets_.token,
+                                                  user=user.name, ctr_dir=CTR_DIR,
+                                                  token=f"{secrets_.token}-{image_tag(image_id)}" if image_id
+                                                  else secrets_.token,
                                                   log_level=log_level), 0o644, **own)
     write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
                0o644, **own)
@@ -382,7 +389,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
 # --------------------------------------------------------------------------- MS: connect the nodes
 def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo, nodes: Sequence[plan.NodePlan],
                 local_started: Sequence[Dict[str, object]], address: str, secrets_: keys.JobSecrets,
-                timer: Timer) -> None:
+                timer: Timer, image_id: str = "", image: str = "") -> None:
     """Find where every sister container listens, write the SSH files, push them, rewrite the nodefile."""
     endpoints: Dict[str, Tuple[str, int]] = {str(c["alias"]): (address, int(c["port"])) for c in local_started}
     targets: Dict[str, Tuple[str, Sequence[int]]] = {}
@@ -397,7 +404,14 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
             hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})
             raise NodeFault(f"no container of this job answers on {', '.join(hosts)}",
                             "see the torque-docker log on that node (its prologue.parallel failed to start it)")
-        for alias, port in found.items():
+        # Every node must run exactly the MS's image: the sisters announce theirs in the banner.
+        mine = image_tag(image_id)
+        for alias, (port, theirs) in found.items():
+            if mine and theirs and theirs != mine:
+                host = next(n.host for n in nodes[1:] for c in n.containers if c.alias == alias)
+                raise NodeFault(f"{host} runs image {theirs} for {image}, this node {mine}",
+                                f"stage the same image on every node ('torque-docker stage {image}') "
+                                f"or ask for it by digest")
             endpoints[alias] = (targets[alias][0], port)
     timer.step("probe")
 

@@ -31,7 +31,17 @@ def read_banner(address: str, port: int, timeout: float = 1.0) -> Optional[str]:
 
 
 def banner_matches(banner: Optional[str], token: str) -> bool:
-    return bool(banner) and banner.startswith("SSH-2.0-") and banner.split()[-1] == token
+    """The banner ends with ``TOKEN`` or ``TOKEN-IMAGEID`` (our VersionAddendum)."""
+    if not banner or not banner.startswith("SSH-2.0-"):
+        return False
+    last = banner.split()[-1]
+    return last == token or last.startswith(token + "-")
+
+
+def banner_image(banner: Optional[str]) -> str:
+    """The image id a job's sshd announces after its token ('' when none)."""
+    last = (banner or "").split()[-1:] or [""]
+    return last[0].split("-", 1)[1] if "-" in last[0] else ""
 
 
 def wait_for_sshd(address: str, port: int, token: str, deadline: float,
@@ -49,25 +59,28 @@ def wait_for_sshd(address: str, port: int, token: str, deadline: float,
         interval = min(interval * 1.5, 0.25)
 
 
-def find_ports(targets: Dict[str, Tuple[str, Sequence[int]]], token: str, deadline: float) -> Dict[str, int]:
-    """For each alias -> (address, candidates): the candidate whose banner carries the token.
+def find_ports(targets: Dict[str, Tuple[str, Sequence[int]]], token: str,
+               deadline: float) -> Dict[str, Tuple[int, str]]:
+    """For each alias -> (address, candidates): (the candidate whose banner carries the token,
+    the image id it announces).
 
     Sisters' containers were up before the MS prologue started, so one pass normally
     finds them all; retries cover a slow node until the deadline. Returns only the found.
     """
-    found: Dict[str, int] = {}
+    found: Dict[str, Tuple[int, str]] = {}
 
-    def probe(item: Tuple[str, str, int]) -> Tuple[str, int, bool]:
+    def probe(item: Tuple[str, str, int]) -> Tuple[str, int, Optional[str]]:
         alias, address, port = item
-        return alias, port, banner_matches(read_banner(address, port, timeout=1.0), token)
+        banner = read_banner(address, port, timeout=1.0)
+        return alias, port, banner if banner_matches(banner, token) else None
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         while True:
             work = [(alias, address, port) for alias, (address, ports) in targets.items()
                     if alias not in found for port in ports]
-            for alias, port, ok in pool.map(probe, work):
-                if ok:
-                    found[alias] = port
+            for alias, port, banner in pool.map(probe, work):
+                if banner:
+                    found[alias] = (port, banner_image(banner))
             if len(found) == len(targets) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.2)

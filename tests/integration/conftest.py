@@ -159,9 +159,14 @@ def make_site(docker_client, images) -> Iterator:
 
     yield factory
     for site in made:
-        for container in docker_client.containers.list(all=True, filters={"label": L_JOB}):
-            if container.labels.get(L_JOB, "").endswith("." + site.server):
-                container.remove(force=True)
+        # The low-level list does not inspect each container: other test runs on this daemon
+        # may remove theirs between the list and an inspect.
+        for container in docker_client.api.containers(all=True, filters={"label": L_JOB}):
+            if (container.get("Labels") or {}).get(L_JOB, "").endswith("." + site.server):
+                try:
+                    docker_client.api.remove_container(container["Id"], force=True)
+                except docker.errors.NotFound:
+                    pass
         for node in site.nodes:
             ssh = Path(site.config(node).ssh_include_dir)
             state = site.state_dir(node)

@@ -205,3 +205,20 @@ def test_prologue_killed_by_prologalarm_leaks_only_until_gc(make_site, docker_cl
         assert docker_client.containers.list(filters={"label": f"torque-docker.job={running.jobid}"}) != []
     finally:
         thread.join(timeout=120)
+
+
+def test_nodes_with_different_images_under_one_name_are_caught(make_site, docker_client):
+    """The MS pins the image: each sister announces its image id in the sshd banner."""
+    from conftest import MPICH_IMAGE
+    site = make_site(nodes=2)
+    for node, target in (("tdnode0", OPENMPI_IMAGE), ("tdnode1", MPICH_IMAGE)):
+        site.configs[node].write_text(site.config_text(node, f"[images]\naliases =\n    lab = {target}\n"))
+    job = site.job(SLEEPER, [("tdnode0", 1), ("tdnode1", 1)], other="image=lab")
+    result = site.cluster.run(job)
+    assert result.runs("prologue")[0].rc == 2                           # node fault: requeue
+    log = site.log_file.read_text()
+    assert "tdnode1 runs image" in log and "stage the same image on every node" in log
+    # the same name resolving to one image everywhere is fine
+    site.configs["tdnode1"].write_text(site.config_text("tdnode1", f"[images]\naliases =\n    lab = {OPENMPI_IMAGE}\n"))
+    again = site.cluster.run(site.job("#!/bin/bash\ntrue\n", [("tdnode0", 1), ("tdnode1", 1)], other="image=lab"))
+    assert again.exit_status == 0, again.stderr
