@@ -235,7 +235,7 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
     home = os.path.realpath(user.home)
     own_dirs = [user.home]
     if workdir and os.path.isabs(workdir):
-        real = os.path.realpath(workdir)
+        real = policy.check_workdir(workdir)
         if not (real == home or real.startswith(home.rstrip("/") + "/")):
             own_dirs.append(real)
     ok = reachable_dirs(user, own_dirs + [m.source for m in extra])

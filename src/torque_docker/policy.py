@@ -46,24 +46,47 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
+HIDDEN_TARGETS = ("/", "/etc", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/ssh", "/etc/ssh/ssh_config")
+PROTECTED_TARGET_TREES = ("/run/torque-docker", "/proc", "/sys", "/dev")
+
+
+def host_path_problem(real: str, target: str) -> Optional[str]:
+    """Why a resolved host path may not be bind-mounted at target ('' reads as allowed).
+
+    A source is refused when it is, or lies under, or CONTAINS something never to be
+    mounted (mounting /run brings Docker's socket along)."""
+    if real == "/" or _under(real, FORBIDDEN_SOURCES) or any(_under(f, [real]) for f in FORBIDDEN_SOURCES):
+        return f"reaches {real}, which holds host internals (Docker's socket, /proc, /sys, /dev or the site secret)"
+    if target in HIDDEN_TARGETS or _under(target, PROTECTED_TARGET_TREES):
+        return f"would hide {target} in the container"
+    return None
+
+
 def check_mounts(requested: Sequence[Mount], cfg: Config) -> List[Mount]:
     """Requested mounts, sources resolved through symlinks and checked against [mounts] allowed."""
     allowed = [os.path.realpath(a) for a in cfg.mounts_allowed]
     out: List[Mount] = []
     for mount in requested:
         real = os.path.realpath(mount.source)
-        if _under(real, FORBIDDEN_SOURCES) or real == "/":
-            raise PolicyError(f"mount={mount} reaches {real}, which is never mounted into containers",
-                              "mount a data directory instead")
+        problem = host_path_problem(real, mount.target)
+        if problem:
+            raise PolicyError(f"mount={mount} {problem}", "mount a data directory at another target instead")
         if not _under(real, allowed):
             where = ", ".join(cfg.mounts_allowed) or "none on this cluster"
             raise PolicyError(f"mount={mount} is outside the paths the site allows ({where})",
                               "ask for a path under an allowed directory")
-        if mount.target in ("/", "/etc", "/run/torque-docker", "/etc/passwd", "/etc/group", "/proc", "/sys", "/dev") \
-                or _under(mount.target, ("/run/torque-docker", "/proc", "/sys", "/dev")):
-            raise PolicyError(f"mount={mount} would hide {mount.target} in the container", "choose another target")
         out.append(Mount(real, mount.target, mount.read_only))
     return out
+
+
+def check_workdir(workdir: str) -> str:
+    """The job's working directory (qsub -d, user-chosen) resolved, if it may be mounted."""
+    real = os.path.realpath(workdir)
+    problem = host_path_problem(real, real)
+    if problem:
+        raise PolicyError(f"the job's working directory {workdir} {problem}",
+                          "submit from (or qsub -d) a directory of your own, e.g. under your home or scratch")
+    return real
 
 
 def default_mounts(cfg: Config) -> List[Mount]:

@@ -616,12 +616,6 @@ echo "init=$(cat /proc/1/comm)"'
 WORKDIRS = {"run": "/run", "var-run": "/var/run", "proc": "/proc", "slash": "/", "ctr-dir": "/run/torque-docker"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: lifecycle.job_binds() bind-mounts PBS_O_WORKDIR (the user's qsub -d) read-write at the same path "
-    "without policy.check_mounts()'s FORBIDDEN_SOURCES or target checks: -d /run or /var/run puts the host's "
-    "Docker socket inside the container, -d /proc the host's /proc (host processes visible, masked paths gone); "
-    "-d / or /run/torque-docker make 'docker run' fail and the prologue exits 2, so a user's choice is requeued "
-    "as a node fault"))
 @pytest.mark.parametrize("case", sorted(WORKDIRS))
 def test_a_working_directory_never_brings_host_internals_into_the_container(site, docker_client, case):
     workdir = WORKDIRS[case]
