@@ -145,6 +145,24 @@ class Site:
         return found
 
 
+SERVERS: List[str] = []        # every test site's Torque server name, for the leak check
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_after_the_session(docker_client):
+    """After every integration test: nothing of any test job may be left on the node.
+
+    Each test's own fixture already removes what it made, so this counts what the PRODUCT
+    left behind before that: it checks after each site's jobs ended (see make_site)."""
+    yield
+    leaks = LEAKS[:]
+    print(f"\ntorque-docker leak check: {len(SERVERS)} test sites, {len(leaks)} leak(s) found after the jobs ended")
+    assert leaks == [], leaks
+
+
+LEAKS: List[str] = []
+
+
 @pytest.fixture
 def make_site(docker_client, images) -> Iterator:
     """Factory of Sites; every container any of them made is removed afterwards, pass or fail."""
@@ -159,6 +177,19 @@ def make_site(docker_client, images) -> Iterator:
 
     yield factory
     for site in made:
+        # What the product left: containers, ports, job dirs and ssh files of jobs that ended
+        # (pbs_mom no longer knows them). Tests that leak on purpose sweep before they end.
+        SERVERS.append(site.server)
+        for node in site.nodes:
+            jobs_dir = site.cluster.pbs_home(node) / "mom_priv" / "jobs"
+            running = {p.name[:-3] for p in jobs_dir.glob("*.JB")} if jobs_dir.exists() else set()
+            for container in docker_client.api.containers(all=True, filters={"label": f"torque-docker.host={node}"}):
+                jobid = (container.get("Labels") or {}).get(L_JOB, "")
+                if jobid.endswith("." + site.server) and jobid not in running:
+                    LEAKS.append(f"container {container['Names'][0]} of ended job {jobid}")
+            ports = site.state_dir(node) / "ports.json"
+            if ports.exists() and ports.read_text().strip() not in ("", "{}"):
+                LEAKS.append(f"port reservations on {node}: {ports.read_text().strip()}")
         # The low-level list does not inspect each container: other test runs on this daemon
         # may remove theirs between the list and an inspect.
         for container in docker_client.api.containers(all=True, filters={"label": L_JOB}):

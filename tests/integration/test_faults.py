@@ -222,3 +222,8 @@ def test_nodes_with_different_images_under_one_name_are_caught(make_site, docker
     site.configs["tdnode1"].write_text(site.config_text("tdnode1", f"[images]\naliases =\n    lab = {OPENMPI_IMAGE}\n"))
     again = site.cluster.run(site.job("#!/bin/bash\ntrue\n", [("tdnode0", 1), ("tdnode1", 1)], other="image=lab"))
     assert again.exit_status == 0, again.stderr
+    # The refused start's sister container was purged by Torque without epilogue.parallel:
+    # the node's next sweep removes it.
+    report = admin.gc(site.config("tdnode1"), str(site.cluster.pbs_home("tdnode1")), grace=0, server=site.server)
+    assert job.jobid in report["removed"]
+    assert site.leftovers(docker_client, job.jobid) == []
