@@ -35,9 +35,9 @@ CACHE = Path(os.environ.get("TD_BENCH_CACHE", "/var/tmp/td-bench-cache"))
 MODES = {
     # rounds of the MPI configurations, HPL (N, NB) per BLAS, ping-pong max size;
     # repetitions of the start-up jobs, slot counts, variants
-    "full": dict(rounds=6, configs=["native", "node", "process", "node-2x1", "native-nocma"],
-                 hpl={"openblas": (10000, 192), "refblas": (3000, 64)}, pingpong_max=4 << 20,
-                 reps=3, slots=[1, 2, 4, 8, 16], variants=["node", "process", "node*", "process*"]),
+    "full": dict(rounds=7, configs=["native", "node", "process", "native-nocma"],
+                 hpl={"openblas": (8000, 192), "refblas": (3000, 64)}, pingpong_max=4 << 20,
+                 reps=2, slots=[1, 2, 4, 8, 16], variants=["node", "process", "node*"]),
     "quick": dict(rounds=3, configs=["native", "node", "process", "native-nocma"],
                   hpl={"openblas": (6000, 192)}, pingpong_max=4 << 20,
                   reps=1, slots=[1, 2, 4, 8, 16], variants=["node", "process"]),
