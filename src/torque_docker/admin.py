@@ -143,12 +143,9 @@ def uninstall(mom_priv: str, *, cfg: Optional[config_mod.Config] = None, dropin:
 
 # ----------------------------------------------------------------------------- stage
 def image_lock(cfg: config_mod.Config, key: str, timeout: float):
-    """The per-node lock on one image: concurrent stagers (and pulls) of it wait, not repeat."""
-    from filelock import FileLock
-    locks = Path(cfg.paths_state_dir) / "locks"
-    locks.mkdir(mode=0o755, parents=True, exist_ok=True)
-    name = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return FileLock(str(locks / f"image-{name}.lock"), timeout=timeout)
+    """The per-node lock on one image (shared with the prologue's pulls)."""
+    from .state import NodeState
+    return NodeState(cfg.paths_state_dir).image_lock(key, timeout)
 
 
 def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refresh: bool = False,
@@ -160,7 +157,6 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
     (not [images] pull_timeout, which must fit pbs_mom's $prologalarm), and it ignores
     [images] pull = never: staging is how such sites get images.
     """
-    from filelock import Timeout
 
     from . import lifecycle, policy
     from .log import Log
@@ -169,20 +165,18 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
     key = choice.tarball or choice.reference
     values = dict(cfg.values, images_pull="always" if refresh else "missing", images_pull_timeout=timeout)
     stage_cfg = config_mod.Config(values, cfg.path, cfg.origin)
-    lock = image_lock(cfg, key, timeout if lock_timeout is None else lock_timeout)
+    wait = timeout if lock_timeout is None else lock_timeout
     started = time.monotonic()
     try:
-        with lock:
-            runtime = lifecycle.runtime_for(cfg)
-            before = None if choice.tarball else runtime.image_id(choice.reference)
-            reference = lifecycle.ensure_image(runtime, choice, stage_cfg,
-                                               Log(cfg.log_destination, cfg.node_name()), "stage")
-            image_id, digest = runtime.image_digest(reference)
-    except Timeout:
-        raise TorqueDockerError(f"another process holds the lock on {key} ({lock.lock_file}) "
-                                f"for over {lock.timeout:.0f} s",
-                                "wait for the other pull or load to finish, or look for a hung one") from None
+        runtime = lifecycle.runtime_for(cfg)
+        before = None if choice.tarball else runtime.image_id(choice.reference)
+        reference = lifecycle.ensure_image(runtime, choice, stage_cfg,
+                                           Log(cfg.log_destination, cfg.node_name()), "stage", lock_timeout=wait)
+        image_id, digest = runtime.image_digest(reference)
     except ImageError as exc:   # the job-side advice ("ask the admin to stage it") is no help here
+        if "another job or stager has been fetching" in exc.message:
+            raise TorqueDockerError(f"another process holds the lock on {key} for over {wait:.0f} s",
+                                    "wait for the other pull or load to finish, or look for a hung one") from None
         raise ImageError(exc.message, "check the name, that this node reaches the registry, and 'docker login' "
                                       "for a private one", user_error=False) from None
     if choice.tarball:

@@ -7,6 +7,7 @@ epilogues, see torque-facts.md).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -125,7 +126,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
                                  cgroup_parent=cgroup_parent(cfg, ctx.jobid))
         started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, binds,
-                                   secrets_.token, limits)      # banner prefix: the image tag may follow
+                                   secrets_.token, limits, image_id)
         setup.containers = started
         record = state.load_job(ctx.jobid)
         record["containers"] = started
@@ -202,25 +203,47 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str) -> None:
     write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
 
 
-def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str) -> str:
+def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str,
+                 lock_timeout: Optional[float] = None) -> str:
+    """The image on this node, pulled or loaded when needed. One pull or load of an image
+    at a time per node: concurrent jobs wait for it instead of fetching it again."""
     if image.tarball:
-        tags = runtime.load(image.tarball)
+        with _image_lock(cfg, image.tarball, lock_timeout):
+            tags = runtime.load(image.tarball)
         if not tags:
             raise ImageError(f"{image.tarball} holds no image", "make it with 'docker save NAME:TAG > file.tar'")
         log.info(jobid, f"loaded {image.tarball}: {', '.join(tags)}")
         return tags[0]
     present = runtime.image_id(image.reference) is not None
     if cfg.images_pull == "always" or (not present and cfg.images_pull == "missing"):
-        try:
-            runtime.pull(image.reference, cfg.images_pull_timeout)
-        except ImageError:
-            if not present:
-                raise
-            log.warning(jobid, f"pull of {image.reference} failed; using the local copy")
+        with _image_lock(cfg, image.reference, lock_timeout):
+            if cfg.images_pull == "missing" and runtime.image_id(image.reference) is not None:
+                return image.reference          # another job pulled it while we waited
+            try:
+                runtime.pull(image.reference, cfg.images_pull_timeout)
+            except ImageError:
+                if not present:
+                    raise
+                log.warning(jobid, f"pull of {image.reference} failed; using the local copy")
     elif not present:
         raise ImageError(f"image {image.reference} is not on this node and the site does not pull images",
                          "ask the admin to stage it with 'torque-docker stage IMAGE'")
     return image.reference
+
+
+@contextlib.contextmanager
+def _image_lock(cfg: Config, key: str, timeout: Optional[float]):
+    from filelock import Timeout
+    lock = NodeState(cfg.paths_state_dir).image_lock(key, cfg.images_pull_timeout if timeout is None else timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ImageError(f"another job or stager has been fetching {key} for over {lock.timeout:.0f} s",
+                         "try again later, or ask the admin to stage the image", user_error=False) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path) -> List[Tuple[str, str, bool]]:
@@ -277,8 +300,7 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
                0o644, **own)
     write_file(ctr / "sshd_config", render.render("sshd_config.j2", cfg.paths_template_dir, jobid=jobid,
                                                   user=user.name, ctr_dir=CTR_DIR,
-                                                  token=f"{secrets_.token}-{image_tag(image_id)}" if image_id
-                                                  else secrets_.token,
+                                                  token=secrets_.token,
                                                   log_level=log_level), 0o644, **own)
     write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
                0o644, **own)
@@ -314,7 +336,7 @@ def cgroup_parent(cfg: Config, jobid: str) -> Optional[str]:
 def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookContext, user: UserInfo,
                      local: plan.NodePlan, image: str, address: str,
                      binds: List[Tuple[str, str, bool]], token: str,
-                     limits: ContainerLimits = ContainerLimits()) -> List[Dict[str, object]]:
+                     limits: ContainerLimits = ContainerLimits(), image_id: str = "") -> List[Dict[str, object]]:
     """Start this node's containers in parallel; each returns once its sshd answers.
 
     With model=process the first container owns an IPC namespace the others join, so the
@@ -335,12 +357,14 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
 
     def one(container: plan.ContainerPlan) -> Dict[str, object]:
         tried: List[int] = []
+        ctoken = probe.container_token(token, ctx.node_index, container.slot)
         while True:
             port = state.reserve_port(ctx.jobid, address, container.candidates, skip=tried)
             tried.append(port)
             spec = ContainerSpec(
                 image=image, name=container.name, hostname=container.alias,
                 command=(cfg.ssh_sshd_path, "-D", "-e", "-f", f"{CTR_DIR}/sshd_config",
+                         "-o", f"VersionAddendum={ctoken}" + (f"-{image_tag(image_id)}" if image_id else ""),
                          "-o", f"ListenAddress={address}:{port}"),
                 user=f"{user.uid}:{user.gid}", group_add=tuple(str(g) for g in user.gids[1:]),
                 labels={L_JOB: ctx.jobid, L_HOST: host, L_NODE: str(ctx.node_index), L_SLOT: str(container.slot),
@@ -356,7 +380,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                                                   else src, dst, ro) for src, dst, ro in spec.binds))
             ident = runtime.start(spec)
             try:
-                probe.wait_for_sshd(address, port, token, deadline,
+                probe.wait_for_sshd(address, port, ctoken, deadline,
                                     still_running=lambda: runtime.state(ident)[0] in ("running", "created"))
                 return {"id": ident, "name": container.name, "alias": container.alias, "port": port,
                         "slot": container.slot, "address": address}
@@ -396,9 +420,10 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     for node in nodes[1:]:
         node_address = resolve_address(node.host)
         for container in node.containers:
-            targets[container.alias] = (node_address, container.candidates)
+            targets[container.alias] = (node_address, container.candidates,
+                                        probe.container_token(secrets_.token, node.index, container.slot))
     if targets:
-        found = probe.find_ports(targets, secrets_.token, time.monotonic() + min(15.0, cfg.ssh_ready_timeout))
+        found = probe.find_ports(targets, time.monotonic() + min(15.0, cfg.ssh_ready_timeout))
         missing = sorted(set(targets) - set(found))
         if missing:
             hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})

@@ -56,7 +56,8 @@ def host_path_problem(real: str, target: str) -> Optional[str]:
     A source is refused when it is, or lies under, or CONTAINS something never to be
     mounted (mounting /run brings Docker's socket along)."""
     if real == "/" or _under(real, FORBIDDEN_SOURCES) or any(_under(f, [real]) for f in FORBIDDEN_SOURCES):
-        return f"reaches {real}, which holds host internals (Docker's socket, /proc, /sys, /dev or the site secret)"
+        return (f"reaches {real}, which is never mounted into containers "
+                f"(it is or holds Docker's socket, /proc, /sys, /dev or the site's secret)")
     if target in HIDDEN_TARGETS or _under(target, PROTECTED_TARGET_TREES):
         return f"would hide {target} in the container"
     return None
@@ -68,13 +69,16 @@ def check_mounts(requested: Sequence[Mount], cfg: Config) -> List[Mount]:
     out: List[Mount] = []
     for mount in requested:
         real = os.path.realpath(mount.source)
-        problem = host_path_problem(real, mount.target)
-        if problem:
-            raise PolicyError(f"mount={mount} {problem}", "mount a data directory at another target instead")
+        if _under(real, FORBIDDEN_SOURCES):           # the socket itself: say so, not just "outside"
+            raise PolicyError(f"mount={mount} {host_path_problem(real, mount.target)}",
+                              "mount a data directory instead")
         if not _under(real, allowed):
             where = ", ".join(cfg.mounts_allowed) or "none on this cluster"
             raise PolicyError(f"mount={mount} is outside the paths the site allows ({where})",
                               "ask for a path under an allowed directory")
+        problem = host_path_problem(real, mount.target)
+        if problem:   # even where the admin allowed a parent (e.g. /run)
+            raise PolicyError(f"mount={mount} {problem}", "mount a data directory at another target instead")
         out.append(Mount(real, mount.target, mount.read_only))
     return out
 

@@ -1,6 +1,6 @@
 """Finding and waiting for a container's sshd by its banner.
 
-The banner is the first thing sshd sends, and our sshd_config appends the job's token to
+The banner is the first thing sshd sends, and sshd's command line appends a per-container token to
 it (``VersionAddendum``), so a connect + one read proves "this job's sshd, up and
 accepting" without any key exchange. The mother superior uses the same probe to learn
 which candidate port each sister's container took.
@@ -28,6 +28,12 @@ def read_banner(address: str, port: int, timeout: float = 1.0) -> Optional[str]:
             return data.decode("ascii", "replace").strip()
     except OSError:
         return None
+
+
+def container_token(job_token: str, node_index: int, slot: int) -> str:
+    """Unique per container: candidate ports of two containers may coincide, so the job's
+    token alone could make the MS take one container's sshd for another's."""
+    return f"{job_token}.n{node_index}s{slot}"
 
 
 def banner_matches(banner: Optional[str], token: str) -> bool:
@@ -59,24 +65,24 @@ def wait_for_sshd(address: str, port: int, token: str, deadline: float,
         interval = min(interval * 1.5, 0.25)
 
 
-def find_ports(targets: Dict[str, Tuple[str, Sequence[int]]], token: str,
+def find_ports(targets: Dict[str, Tuple[str, Sequence[int], str]],
                deadline: float) -> Dict[str, Tuple[int, str]]:
-    """For each alias -> (address, candidates): (the candidate whose banner carries the token,
-    the image id it announces).
+    """For each alias -> (address, candidates, container token): (the candidate whose banner
+    carries that token, the image id it announces).
 
     Sisters' containers were up before the MS prologue started, so one pass normally
     finds them all; retries cover a slow node until the deadline. Returns only the found.
     """
     found: Dict[str, Tuple[int, str]] = {}
 
-    def probe(item: Tuple[str, str, int]) -> Tuple[str, int, Optional[str]]:
-        alias, address, port = item
+    def probe(item: Tuple[str, str, int, str]) -> Tuple[str, int, Optional[str]]:
+        alias, address, port, token = item
         banner = read_banner(address, port, timeout=1.0)
         return alias, port, banner if banner_matches(banner, token) else None
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         while True:
-            work = [(alias, address, port) for alias, (address, ports) in targets.items()
+            work = [(alias, address, port, token) for alias, (address, ports, token) in targets.items()
                     if alias not in found for port in ports]
             for alias, port, banner in pool.map(probe, work):
                 if banner:

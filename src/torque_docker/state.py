@@ -141,6 +141,14 @@ class NodeState:
     def cores_held(self) -> Dict[str, List[str]]:
         return _read_json(self.root / "cores.json")
 
+    # ---- images -----------------------------------------------------------
+    def image_lock(self, key: str, timeout: float) -> FileLock:
+        """The per-node lock on one image: concurrent pulls or loads of it wait, not repeat."""
+        import hashlib
+        locks = ensure_dir(self.root / "locks", 0o755)
+        name = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return FileLock(str(locks / f"image-{name}.lock"), timeout=timeout)
+
     # ---- ports ------------------------------------------------------------
     def _lock(self) -> FileLock:
         return FileLock(str(self.root / "node.lock"), timeout=LOCK_TIMEOUT)

@@ -1,5 +1,6 @@
 """Issue 6: faults. Each one: the job gets the right outcome and a clear message, and the
 node is left clean (at once, or by the sweep that every prologue and `gc` run)."""
+import io
 import os
 import socket
 import subprocess
@@ -7,11 +8,29 @@ import threading
 import time
 from pathlib import Path
 
+import docker
+import pytest
+
 from conftest import OPENMPI_IMAGE
 
 from torque_docker import admin
 
 SLEEPER = "#!/bin/bash\necho started\nsleep 8\n"
+SILENT_IMAGE = "torque-docker-test/silent-sshd:latest"
+SILENT_SSHD = "/usr/local/sbin/silent-sshd"
+
+
+@pytest.fixture(scope="module")
+def silent_sshd_image(docker_client, images):
+    """An image whose "sshd" runs and never listens: the readiness wait must be bounded."""
+    dockerfile = (f"FROM {images['openmpi']}\n"
+                  f"RUN printf '#!/bin/sh\\nexec sleep 3600\\n' > {SILENT_SSHD} && chmod 755 {SILENT_SSHD}\n")
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=SILENT_IMAGE, rm=True)
+    yield SILENT_IMAGE
+    try:
+        docker_client.images.remove(SILENT_IMAGE, force=True)
+    except docker.errors.APIError:
+        pass
 
 
 def run_hook(site, node, hook, argv_tail, extra_env=None):
@@ -100,20 +119,12 @@ def test_hanging_docker_at_prologue_requeues_within_bounds(make_site):
     assert "does not answer" in site.log_file.read_text()
 
 
-def test_sshd_that_never_answers_as_this_job_is_bounded_and_cleaned(make_site, docker_client):
-    site = make_site(nodes=1)
-    templates = site.root / "templates"
-    templates.mkdir()
-    shipped = Path(__file__).resolve().parents[2] / "templates" / "sshd_config.j2"
-    (templates / "sshd_config.j2").write_text(shipped.read_text().replace("{{ token }}", "not-the-token"))
-    site.reconfigure("[ssh]\nready_timeout = 3\n")
-    # template_dir lives in [paths], which config_text already writes: add it to that section.
-    for node in site.nodes:
-        text = site.configs[node].read_text().replace("[paths]\n", f"[paths]\ntemplate_dir = {templates}\n", 1)
-        site.configs[node].write_text(text)
-    job = site.job(SLEEPER, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
+def test_sshd_that_never_answers_is_bounded_and_cleaned(make_site, docker_client, silent_sshd_image):
+    site = make_site(nodes=1, extra_config=f"[ssh]\nready_timeout = 3\nsshd_path = {SILENT_SSHD}\n")
+    job = site.job(SLEEPER, [("tdnode0", 1)], other=f"image={silent_sshd_image}")
     result = site.cluster.run(job)
     assert result.runs("prologue")[0].rc == 2
+    assert not result.runs("prologue")[0].timed_out                    # our bound, well before prologalarm
     assert "did not answer" in site.log_file.read_text()
     assert site.leftovers(docker_client, job.jobid) == []                 # the failed start undid itself
 
@@ -174,17 +185,14 @@ def test_sister_user_error_never_marks_the_node_down(make_site):
     assert result.down_nodes == []
 
 
-def test_prologue_killed_by_prologalarm_leaks_only_until_gc(make_site, docker_client):
+def test_prologue_killed_by_prologalarm_leaks_only_until_gc(make_site, docker_client, silent_sshd_image):
     """A sister's prologue.parallel killed by $prologalarm: pbs_mom purges the job there without
     any epilogue, and dockerd keeps the container. gc removes it, never a running job's."""
     site = make_site(nodes=2, prologalarm=12)                            # killed at about 2 s
-    templates = site.root / "templates"
-    templates.mkdir()
-    shipped = Path(__file__).resolve().parents[2] / "templates" / "sshd_config.j2"
-    (templates / "sshd_config.j2").write_text(shipped.read_text().replace("{{ token }}", "not-the-token"))
-    text = site.configs["tdnode1"].read_text().replace("[paths]\n", f"[paths]\ntemplate_dir = {templates}\n", 1)
-    site.configs["tdnode1"].write_text(text)
-    job = site.job(SLEEPER, [("tdnode0", 1), ("tdnode1", 1)], other=f"image={OPENMPI_IMAGE}")
+    site.configs["tdnode1"].write_text(site.config_text("tdnode1", f"[ssh]\nsshd_path = {SILENT_SSHD}\n"
+                                                                   f"[images]\naliases =\n    lab = {silent_sshd_image}\n"))
+    site.configs["tdnode0"].write_text(site.config_text("tdnode0", f"[images]\naliases =\n    lab = {OPENMPI_IMAGE}\n"))
+    job = site.job(SLEEPER, [("tdnode0", 1), ("tdnode1", 1)], other="image=lab")
     result = site.cluster.run(job)
     assert result.runs("prologue.parallel")[0].timed_out and result.state == "Q"
     assert result.down_nodes == ["tdnode1"]

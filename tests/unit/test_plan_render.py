@@ -87,13 +87,13 @@ def test_sshd_config_has_what_a_non_root_sshd_needs():
     text = render.render("sshd_config.j2", None, jobid="1.s", user="alice", ctr_dir="/run/torque-docker",
                          token="tdabc", log_level="ERROR")
     for line in ("UsePAM no", "PidFile none", "AllowUsers alice", "PasswordAuthentication no",
-                 "VersionAddendum tdabc", "AuthorizedKeysFile /run/torque-docker/authorized_keys"):
+                 "AuthorizedKeysFile /run/torque-docker/authorized_keys"):
         assert line in text
 
 
 def test_missing_template_variable_fails_loudly():
-    with pytest.raises(ConfigError, match="'token' is undefined"):
-        render.render("sshd_config.j2", None, jobid="1", user="a", ctr_dir="/x", log_level="INFO")
+    with pytest.raises(ConfigError, match="'user' is undefined"):
+        render.render("sshd_config.j2", None, jobid="1", token="t", ctr_dir="/x", log_level="INFO")
 
 
 def test_site_template_overrides_the_shipped_one(tmp_path):
@@ -108,3 +108,43 @@ def test_passwd_and_group_hold_root_and_the_user_only():
         "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:100:Alice A:/home/alice:/bin/bash\n")
     assert render.group_text("alice", [("users", 100), ("lab", 2000)]) == (
         "root:x:0:\nusers:x:100:alice\nlab:x:2000:alice\n")
+
+
+def test_probe_tells_containers_apart_when_their_candidate_ports_overlap():
+    """Two containers of a job whose candidate lists share a port: each alias must map to
+    the sshd that announces ITS container token, not to whichever answers first."""
+    import socket
+    import threading
+    import time
+
+    from torque_docker import probe
+
+    servers = []
+
+    def serve(banner):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        servers.append(sock)
+
+        def loop():
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                conn.sendall(banner.encode() + b"\r\n")
+                conn.close()
+        threading.Thread(target=loop, daemon=True).start()
+        return sock.getsockname()[1]
+
+    t0, t1 = probe.container_token("tdjob", 1, 0), probe.container_token("tdjob", 1, 1)
+    p0 = serve(f"SSH-2.0-OpenSSH_9.2p1 Debian-2 {t0}-abc")
+    p1 = serve(f"SSH-2.0-OpenSSH_9.2p1 Debian-2 {t1}-abc")
+    try:
+        found = probe.find_ports({"a0": ("127.0.0.1", [p1, p0], t0), "a1": ("127.0.0.1", [p0, p1], t1)},
+                                 time.monotonic() + 5)
+    finally:
+        for sock in servers:
+            sock.close()
+    assert found == {"a0": (p0, "abc"), "a1": (p1, "abc")}
