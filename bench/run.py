@@ -105,7 +105,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = preflight(do_mpi)
     dirty = bool(git("status", "--porcelain", "--", "src", "hooks", "templates"))
-    meta = {"run_id": run_id, "mode": mode, "plan": plan, "commit": git("rev-parse", "--short", "HEAD")
+    meta = {"loadavg_start": os.getloadavg(), "run_id": run_id, "mode": mode, "plan": plan, "commit": git("rev-parse", "--short", "HEAD")
             + ("+dirty-src" if dirty else ""), "host_cpus": os.cpu_count(), "image": IMAGE,
             "docker": subprocess.run(["docker", "version", "-f", "{{.Server.Version}}"], capture_output=True,
                                      text=True).stdout.strip(), **info}
@@ -124,6 +124,7 @@ def main() -> int:
     finally:
         site.close()
         meta["wall_minutes"] = (time.monotonic() - t0) / 60
+        meta["loadavg_end"] = os.getloadavg()
         report.write_raw(out, raw)
     text = finish(out, raw)
     meta = raw["meta"]

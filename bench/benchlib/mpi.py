@@ -16,6 +16,7 @@ so slow phases of this shared machine hit every configuration alike; medians com
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -143,7 +144,7 @@ def one_run(site: BenchSite, config: str, rnd: int, hpl_sizes: Dict[str, Sequenc
     job = site.job(script, spec["nodes"], spec["other"], name=f"mpi-{config}")  # type: ignore[arg-type]
     result = site.cluster.run(job)
     row: Dict[str, object] = {"config": config, "round": rnd, "jobid": job.jobid,
-                              "exit_status": result.exit_status}
+                              "exit_status": result.exit_status, "loadavg_1min": os.getloadavg()[0]}
     row.update(parse_output(result.stdout, result.stderr))
     expected_in = "host" if spec["other"] is None else "inside-the-bench-image"
     ranks = row["ranks"]

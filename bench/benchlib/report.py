@@ -122,6 +122,16 @@ def summarize_mpi(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
                 nh = native["hpl"].get(blas)  # type: ignore[union-attr]
                 h["ratio_median"] = ratio(h["median"], nh["median"]) if nh else NAN
                 h["ratio_best"] = ratio(h["best"], nh["best"]) if nh else NAN
+                # Paired: this configuration's run against native's run of the same round
+                # (adjacent in time), median over rounds: steadier when the load drifts.
+                pairs = []
+                for r in rows:
+                    if r["config"] != config or blas not in r["hpl"]:
+                        continue
+                    n = [x for x in rows if x["config"] == "native" and x["round"] == r["round"] and blas in x["hpl"]]
+                    if n and n[0]["hpl"][blas]["gflops"]:
+                        pairs.append(r["hpl"][blas]["gflops"] / n[0]["hpl"][blas]["gflops"])
+                h["ratio_paired"] = med(pairs)
             for size, p in s["pingpong"].items():  # type: ignore[union-attr]
                 np_ = native["pingpong"].get(size)  # type: ignore[union-attr]
                 p["lat_ratio"] = ratio(p["lat_us"], np_["lat_us"]) if np_ else NAN
@@ -178,17 +188,20 @@ def targets(startup: Optional[Dict[str, object]], mpi: Optional[Dict[str, object
 def markdown(meta: Dict[str, object], startup: Optional[Dict[str, object]], mpi: Optional[Dict[str, object]],
              goals: List[Dict[str, object]]) -> str:
     lines: List[str] = []
+    load = [x for x in (meta.get("loadavg_start"), meta.get("loadavg_end")) if x]
     lines.append(f"Run {meta.get('run_id')} ({meta.get('mode')}), {meta.get('host_cpus')} CPUs, "
-                 f"torque-docker {meta.get('commit')}, {meta.get('wall_minutes', 0):.1f} min.")
+                 f"torque-docker {meta.get('commit')}, {meta.get('wall_minutes', 0):.1f} min"
+                 + (f", load average at start/end {' / '.join(f'{x[0]:.1f}' for x in load)}" if load else "") + ".")
     lines.append("")
     if mpi:
-        lines.append("**MPI, 2 ranks** (median over runs; best in brackets; ratio = container / native median)")
+        lines.append("**MPI, 2 ranks** (median over runs, best in brackets; ratio = median / native's median; "
+                     "paired = median over rounds of run / native's run in the same round)")
         lines.append("")
         blases = list(dict.fromkeys(b for s in mpi.values() for b in s["hpl"]))  # type: ignore[union-attr]
         head = ["configuration", "runs"]
         for blas in blases:
             n = next(s["hpl"][blas]["N"] for s in mpi.values() if blas in s["hpl"])  # type: ignore[index]
-            head += [f"HPL {blas} N={n} GFLOPS", "ratio"]
+            head += [f"HPL {blas} N={n} GFLOPS", "ratio", "paired"]
         head += [f"latency {SMALL} B (us)", "ratio", "latency 1 KiB (us)", "ratio",
                  f"bandwidth {LARGE >> 20} MiB (MB/s)", "ratio"]
         lines.append("| " + " | ".join(head) + " |")
@@ -197,7 +210,8 @@ def markdown(meta: Dict[str, object], startup: Optional[Dict[str, object]], mpi:
             cells = [config, f"{s['ok']}/{s['runs']}"]
             for blas in blases:
                 h = s["hpl"].get(blas)  # type: ignore[union-attr]
-                cells += [f"{f(h['median'])} ({f(h['best'])})", f(h.get("ratio_median", NAN))] if h else ["n/a", "n/a"]
+                cells += ([f"{f(h['median'])} ({f(h['best'])})", f(h.get("ratio_median", NAN)),
+                           f(h.get("ratio_paired", NAN))] if h else ["n/a", "n/a", "n/a"])
             pp = s["pingpong"]  # type: ignore[index]
             for size, key, rkey, d in ((SMALL, "lat_us", "lat_ratio", 2), (1024, "lat_us", "lat_ratio", 2),
                                        (LARGE, "bw_MBps", "bw_ratio", 0)):
