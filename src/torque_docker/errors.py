@@ -8,6 +8,25 @@ into exit codes; everything else raises.
 """
 from __future__ import annotations
 
+import unicodedata
+
+
+def printable(text: str) -> str:
+    """One safe line: control characters, line separators and undecodable bytes escaped.
+
+    Job-supplied text (the -l other request, paths) ends up in messages users and admins
+    read; a newline must not forge a log line or split a message."""
+    out = []
+    for ch in str(text):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:                 # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 class TorqueDockerError(Exception):
     """Root of every error the package raises on purpose.
@@ -20,6 +39,7 @@ class TorqueDockerError(Exception):
     user_error = False
 
     def __init__(self, message: str, fix: str = "") -> None:
+        message, fix = printable(message), printable(fix)
         super().__init__(message)
         self.message = message
         self.fix = fix

@@ -26,7 +26,7 @@ from .log import Log
 from .request import JobRequest, Mount, parse_resource_list, request_from_resource_list
 from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
 from .state import NodeState, ensure_dir, write_file, write_in_place
-from .torque import HookContext, read_nodefile, safe_jobid
+from .torque import HookContext, check_identity, read_nodefile, safe_jobid
 
 CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
 
@@ -68,7 +68,8 @@ def runtime_for(cfg: Config) -> Runtime:
 # --------------------------------------------------------------------------- prologue
 def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     timer = Timer()
-    request = request_from_resource_list(ctx.resource_list)
+    request = request_from_resource_list(ctx.resource_list)     # the user's mistakes first
+    check_identity(ctx.jobid, ctx.user)
     image = policy.resolve_image(request.image, cfg)
     model = request.model or cfg.jobs_default_model
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
@@ -269,6 +270,10 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
         raise RequestError(f"the working directory {workdir} cannot be reached by {user.name}",
                            "submit from a directory you can read")
     binds += [(path, path, False) for path in own_dirs]
+    for mount in extra:
+        if mount.target in own_dirs or mount.target in (dst for _, dst, _ in binds):
+            raise RequestError(f"mount target {mount.target} is already the job's home or working directory",
+                               "mount it somewhere else, e.g. under /data")
     for mount, reachable in zip(extra, ok[len(own_dirs):]):
         if not reachable:
             raise RequestError(f"mount source {mount.source} is not a directory {user.name} can read",

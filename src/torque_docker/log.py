@@ -12,6 +12,8 @@ import syslog
 import time
 from typing import Optional
 
+from .errors import printable
+
 
 class Log:
     def __init__(self, destination: str = "syslog", node: str = "") -> None:
@@ -21,15 +23,18 @@ class Log:
             syslog.openlog("torque-docker", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def _emit(self, level: str, priority: int, jobid: str, message: str) -> None:
-        line = f"{level} job={jobid or '-'} node={self.node} {message}"
+        line = printable(f"{level} job={jobid or '-'} node={self.node} {message}")
         if self.destination == "syslog":
-            syslog.syslog(priority, line)
+            try:
+                syslog.syslog(priority, line)
+            except (OSError, ValueError):
+                pass
         elif self.destination.startswith("file:"):
             try:
                 fd = os.open(self.destination[5:], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 with os.fdopen(fd, "a") as handle:
                     handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
-            except OSError:
+            except (OSError, ValueError):
                 pass   # logging must never break a job
 
     def info(self, jobid: str, message: str) -> None:

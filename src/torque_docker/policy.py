@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .config import Config
 from .errors import PolicyError
-from .request import Mount, parse_mount
+from .request import Mount, is_reference, parse_mount
 
 FORBIDDEN_SOURCES = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd", "/var/lib/docker",
                      "/etc/torque-docker", "/proc", "/sys", "/dev")
@@ -35,6 +35,10 @@ def resolve_image(asked: str, cfg: Config) -> ImageChoice:
                               "put the tarball in an allowed directory, or use a registry image")
         return ImageChoice(reference="", tarball=real, asked=asked)
     reference = cfg.images_aliases.get(asked, asked)
+    if not is_reference(reference):
+        raise PolicyError(f"image {asked} is neither a valid image name nor an alias of this site"
+                          + (f" (aliases: {' '.join(sorted(cfg.images_aliases))})" if cfg.images_aliases else ""),
+                          "use NAME[:TAG][@sha256:DIGEST] in lower case (e.g. image=debian:12), or a site alias")
     if not cfg.image_allowed(reference):
         raise PolicyError(f"image {reference} is not allowed on this cluster "
                           f"(allowed: {' '.join(cfg.images_allowed)})",
@@ -67,7 +71,11 @@ def check_mounts(requested: Sequence[Mount], cfg: Config) -> List[Mount]:
     """Requested mounts, sources resolved through symlinks and checked against [mounts] allowed."""
     allowed = [os.path.realpath(a) for a in cfg.mounts_allowed]
     out: List[Mount] = []
+    targets = set()
     for mount in requested:
+        if mount.target in targets:
+            raise PolicyError(f"two mounts share the target {mount.target}", "give each mount its own target")
+        targets.add(mount.target)
         real = os.path.realpath(mount.source)
         if _under(real, FORBIDDEN_SOURCES):           # the socket itself: say so, not just "outside"
             raise PolicyError(f"mount={mount} {host_path_problem(real, mount.target)}",

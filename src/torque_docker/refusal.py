@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import TorqueDockerError
+from .errors import TorqueDockerError, printable
 
 _WRITER = (
     "import os,sys\n"
@@ -37,6 +37,7 @@ def explanation(jobid: str, error: BaseException, attempts: int = 0) -> str:
         reason, fix = error.message, error.fix
     else:
         reason, fix = f"internal error: {error!r}", "tell the admin; this is a bug in torque-docker"
+    reason, fix, jobid = printable(reason), printable(fix), printable(jobid)
     head = f"torque-docker: job {jobid} was not started: {reason}"
     if attempts:
         head += f" (node fault, {attempts} attempts)"
@@ -64,7 +65,8 @@ def write_as_user(user: str, directory: str, name: str, text: str) -> Optional[s
             continue
         path = str(Path(folder) / name)
         try:
-            result = subprocess.run([sys.executable, "-I", "-c", _WRITER, path], input=text.encode(),
+            result = subprocess.run([sys.executable, "-I", "-c", _WRITER, path],
+                                    input=text.encode("utf-8", "backslashreplace"),
                                     capture_output=True, timeout=20, user=entry.pw_uid, group=entry.pw_gid,
                                     extra_groups=os.getgrouplist(user, entry.pw_gid), cwd="/",
                                     env={"PATH": "/bin:/usr/bin"})

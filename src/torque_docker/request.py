@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -19,11 +20,16 @@ FORM = "-l other=image=NAME[:TAG][;model=node|process][;run=container|host][;mou
 
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@algo:hex].
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
+# Docker takes the first part for a registry only when it has a dot or a port, or is
+# localhost; otherwise it is a (lower case) path component.
+_HOSTPART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = (rf"(?:(?:{_HOSTPART}(?:\.{_HOSTPART})+(?::[0-9]+)?|{_HOSTPART}:[0-9]+|localhost)/)")
 _REFERENCE = re.compile(
-    rf"^(?:{_DOMAIN})?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
+    rf"^(?:{_DOMAIN})?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$",
+    re.ASCII,
 )
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_REFERENCE = 255     # Docker's limit on a repository name
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,11 @@ class JobRequest:
     mounts: Tuple[Mount, ...] = field(default_factory=tuple)
 
 
+def is_reference(text: str) -> bool:
+    """A name Docker accepts as an image reference."""
+    return len(text) <= MAX_REFERENCE and bool(_REFERENCE.match(text))
+
+
 def parse_resource_list(text: str) -> Dict[str, str]:
     """``name=value,name=value`` into a dict; the value keeps any further ``=``."""
     resources: Dict[str, str] = {}
@@ -57,7 +68,7 @@ def parse_resource_list(text: str) -> Dict[str, str]:
 def is_container_job(resource_list: str) -> bool:
     """Cheap test the hooks make before importing anything heavy."""
     other = parse_resource_list(resource_list).get("other", "")
-    return any(p.strip().startswith("image=") for p in other.split(";"))
+    return any(p.partition("=")[0].strip() == "image" for p in other.split(";"))
 
 
 def parse_other(other: str) -> JobRequest:
@@ -88,7 +99,7 @@ def parse_other(other: str) -> JobRequest:
         seen[key] = value
 
     image = seen["image"]
-    if not (image.startswith("file:") or _REFERENCE.match(image) or _ALIAS.match(image)):
+    if len(image) > MAX_REFERENCE or not (image.startswith("file:") or _REFERENCE.match(image) or _ALIAS.match(image)):
         raise RequestError(f"{image!r} is not a valid image name",
                            "use NAME[:TAG][@sha256:DIGEST] in lower case (e.g. image=debian:12), "
                            "a site alias, or file:/path/image.tar")
@@ -115,9 +126,14 @@ def parse_mount(text: str) -> Mount:
     for what, path in (("source", source), ("target", target)):
         if not path.startswith("/"):
             raise RequestError(f"mount {what} {path!r} is not an absolute path", "write mount=/abs/src[:/abs/dst][:ro]")
-        if ".." in path.split("/") or "\n" in path or "\0" in path:
+        if ".." in path.split("/") or any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in path):
             raise RequestError(f"mount {what} {path!r} contains '..' or control characters", "give a plain absolute path")
-    return Mount(os.path.normpath(source), os.path.normpath(target), read_only)
+    return Mount(_normal(source), _normal(target), read_only)
+
+
+def _normal(path: str) -> str:
+    """normpath keeps a leading '//' (POSIX allows it a meaning); to Docker it is '/'."""
+    return "/" + os.path.normpath(path).lstrip("/")
 
 
 def request_from_resource_list(resource_list: str) -> JobRequest:

@@ -62,7 +62,12 @@ class Runtime:
             return self.client.images.get(reference).id
         except ImageNotFound:
             return None
-        except (APIError, DockerException) as exc:
+        except APIError as exc:
+            if exc.status_code == 400:      # "invalid reference format": the user's name, not the node
+                raise ImageError(f"Docker does not accept the image name {reference} ({_short(exc)})",
+                                 "use NAME[:TAG] in lower case, e.g. image=debian:12") from None
+            raise NodeFault(f"Docker failed to look up image {reference}: {_short(exc)}") from None
+        except DockerException as exc:
             raise NodeFault(f"Docker failed to look up image {reference}: {_short(exc)}") from None
 
     def image_digest(self, reference: str) -> Tuple[str, str]:

@@ -78,7 +78,12 @@ def filtered_env(environ: Mapping[str, str], deny: Sequence[str], allow: Sequenc
 def read_job_line(stream) -> List[str]:
     """The script path and -F arguments pbs_mom writes into the starter's stdin."""
     line = stream.readline()
-    return shlex.split(line) if line.strip() else []
+    if not line.strip():
+        return []
+    try:
+        return shlex.split(line)
+    except ValueError:          # an unbalanced quote in qsub -F: keep the words as they are
+        return line.split()
 
 
 def remote_command(workdir: str, env: Mapping[str, str], shell: str, script: str, args: Sequence[str]) -> str:

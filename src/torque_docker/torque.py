@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import RequestError
+from .errors import NodeFault, RequestError
 
 PROLOGUES = ("prologue", "prologue.parallel")
 EPILOGUES = ("epilogue", "epilogue.parallel")
@@ -77,6 +77,8 @@ def context_from(kind: str, argv: Sequence[str], environ: Mapping[str, str], cwd
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
 
 
 def safe_jobid(jobid: str) -> str:
@@ -91,15 +93,29 @@ def job_tag(jobid: str) -> str:
     tag = re.sub(r"[^a-z0-9]+", "-", jobid.lower()).strip("-")
     if len(tag) > 40:
         import hashlib
-        tag = tag[:31].rstrip("-") + "-" + hashlib.sha256(jobid.encode()).hexdigest()[:8]
+        tag = tag[:31].rstrip("-") + "-" + hashlib.sha256(jobid.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return tag or "job"
+
+
+_JOBID = re.compile(r"[0-9]+(?:\[[0-9]*\])?(?:\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)?", re.ASCII)
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?", re.ASCII)
+
+
+def check_identity(jobid: str, user: str) -> None:
+    """pbs_mom's $1 and $2 end up in SSH configs every user's ssh reads: take only the forms
+    Torque produces (``NUM[IDX].server``, a POSIX user name), never a line break or a space."""
+    if not _JOBID.fullmatch(jobid):
+        raise NodeFault(f"{jobid!r} is not a Torque job id", "torque-docker hooks must be run by pbs_mom")
+    if not _USER.fullmatch(user):
+        raise NodeFault(f"the job user name {user!r} cannot be used in SSH configuration",
+                        "user names must be POSIX names (letters, digits, '_', '.', '-')")
 
 
 def read_nodefile(text: str) -> List[str]:
     """Host names, one per slot; blank lines ignored."""
     hosts = [line.strip() for line in text.splitlines() if line.strip()]
     for host in hosts:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}", host):
+        if len(host) > 253 or not _HOSTNAME.fullmatch(host):
             raise RequestError(f"the nodefile holds {host!r}, which is not a host name",
                                "do not set BEOWULF_JOB_MAP for container jobs")
     return hosts

@@ -206,10 +206,8 @@ def run_hook_script(kind: str, args, env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HOOKS / kind)] + list(args), capture_output=True, env=env, timeout=60)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='BUG (severe): undecodable bytes in -l other mark the sister node DOWN')
 def test_bug_sister_hook_dies_on_undecodable_bytes(tmp_path):
-    r"""BUG (severe): a resource list with bytes that are not UTF-8 makes prologue.parallel die with a
+    r"""FIXED (was a bug found here) (severe): a resource list with bytes that are not UTF-8 makes prologue.parallel die with a
     traceback (Log._emit: UnicodeEncodeError; the same with the default syslog destination) and exit
     1: the sister rejects the join and pbs_mom marks the NODE DOWN. Any user can do it with #PBS -l
     other=image=x;k=<byte 0xff>. Fix in log.py _emit (see
@@ -222,10 +220,8 @@ def test_bug_sister_hook_dies_on_undecodable_bytes(tmp_path):
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-500:]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='BUG: undecodable bytes in -l other crash the MS prologue')
 def test_bug_ms_prologue_dies_on_undecodable_bytes(tmp_path):
-    r"""BUG: with the admin log off, the MS prologue still dies with a traceback on a request with bytes
+    r"""FIXED (was a bug found here): with the admin log off, the MS prologue still dies with a traceback on a request with bytes
     that are not UTF-8: refusal.write_as_user's text.encode() raises, so neither the .refused file
     nor the starter's message is written (see test_bug_refusal_text_with_undecodable_bytes)"""
     conf = write_config(tmp_path)

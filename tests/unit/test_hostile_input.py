@@ -184,22 +184,18 @@ def test_parse_mount_yields_absolute_normal_paths_or_refuses(text):
         check_mount(mount)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: 'image =x' is ignored by the hook, so the job runs on the host")
 @pytest.mark.parametrize("text", ["other=image =debian", "other=image\t=debian:12", "other=model=node; image =x"])
 def test_bug_image_key_with_blank_runs_the_job_on_the_host(text):
-    r"""BUG: is_container_job tests startswith('image=') but parse_other strips the key, so 'image =x'
+    r"""FIXED (was a bug found here): is_container_job tests startswith('image=') but parse_other strips the key, so 'image =x'
     is a request the hook ignores: the job runs on the host uncontained (request.py
     is_container_job: compare p.partition('=')[0].strip() == 'image')"""
     request_from_resource_list(text)            # the parser takes it as a container job...
     assert is_container_job(text)               # ...so the hook must not leave it alone
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='BUG: parse_mount lets control characters other than \\n and \\0 through')
 @pytest.mark.parametrize("text", ["/scratch/a\rb", "/scratch/\x1b[2Jx", "/scratch/a\tb:/data", "/d\x7f", "/d\x85e"])
 def test_bug_mount_control_characters(text):
-    r"""BUG: parse_mount refuses only \n and \0; \r, \t, ESC, DEL, \x85 reach Docker, the admin log and
+    r"""FIXED (was a bug found here): parse_mount refuses only \n and \0; \r, \t, ESC, DEL, \x85 reach Docker, the admin log and
     the user's messages (request.py parse_mount: refuse any character with unicodedata.category(c)
     == 'Cc', or not path.isprintable())"""
     try:
@@ -209,11 +205,9 @@ def test_bug_mount_control_characters(text):
     assert not any(map(is_control, mount.source + mount.target))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a '//etc' mount target escapes the hidden-target check")
 @pytest.mark.parametrize("target", ["//etc", "//run/torque-docker", "//proc", "//etc/passwd"])
 def test_bug_double_slash_target(target):
-    r"""BUG: os.path.normpath keeps a leading '//' (POSIX), so target //etc, //run/torque-docker or
+    r"""FIXED (was a bug found here): os.path.normpath keeps a leading '//' (POSIX), so target //etc, //run/torque-docker or
     //proc passes policy.check_mounts' list of targets it must not hide (request.py parse_mount:
     normalise with '/' + os.path.normpath(p).lstrip('/'))"""
     mount = parse_mount(f"/scratch/me:{target}")
@@ -223,19 +217,17 @@ def test_bug_double_slash_target(target):
         policy.check_mounts([Mount("/tmp", mount.target, False)], cfg)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='BUG: names Docker rejects (400) pass, and the job is requeued as a node fault')
 @pytest.mark.parametrize("image", ["Ubuntu", "debian:\u0661", "debian:caf\u00e9", "Lab/x", "a..b", "a" * 300])
 def test_bug_invalid_reference_requeues_the_job(image):
-    r"""BUG: names Docker rejects with HTTP 400 pass the parser and policy: upper case (alias form),
+    r"""FIXED (was a bug found here): names Docker rejects with HTTP 400 pass the parser and policy: upper case (alias form),
     Unicode tags (\w without re.ASCII), names over 255 characters. runtime.image_id then raises
     NodeFault, so the MS prologue REQUEUES a user's typo (exit 2, max_attempts times) and words it
     as a node fault. Fix: compile request._REFERENCE with re.ASCII and cap the name at 255; in
     policy.resolve_image refuse (RequestError) a reference that is not an alias and does not match
     it; or map a 400 'invalid reference format' in runtime.image_id to ImageError(user_error=True)"""
     cfg = config.defaults()
-    req = parse_other(f"image={image}")
     try:
+        req = parse_other(f"image={image}")
         choice = policy.resolve_image(req.image, cfg)
     except TorqueDockerError as exc:
         check_user_error(exc)
@@ -293,10 +285,8 @@ def test_job_tag_and_alias_are_dns_safe_for_any_jobid(jobid, node, slot):
     assert re.fullmatch(r"td-[a-z0-9-]+-n\*", plan.alias_pattern(jobid))
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="HARDENING (unreachable): job_tag cannot hash undecodable bytes")
 def test_hardening_job_tag_with_undecodable_bytes():
-    r"""HARDENING (not reachable: $1 is the server's ASCII NUM[IDX].server): torque.job_tag hashes
+    r"""FIXED hardening (not reachable: $1 is the server's ASCII NUM[IDX].server): torque.job_tag hashes
     ids over 40 characters with hashlib.sha256(jobid.encode()), which raises UnicodeEncodeError on a
     surrogate escape (bytes that are not UTF-8). torque.py job_tag: jobid.encode('utf-8',
     'surrogateescape')."""
@@ -359,11 +349,9 @@ def test_nodefile_yields_safe_host_names_or_a_user_error(text):
 STRICT_HOST = re.compile(r"(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG (low): the nodefile check takes 'a..b', 'n1-', 64-char labels")
 @pytest.mark.parametrize("host", ["a..b", "n1-", "n1.-x", "a" * 64 + ".cluster"])
 def test_bug_nodefile_accepts_names_that_are_not_host_names(host):
-    r"""BUG (low): read_nodefile's pattern takes 'a..b', 'n1-' and 64-character labels; they cannot
+    r"""FIXED (was a bug found here) (low): read_nodefile's pattern takes 'a..b', 'n1-' and 64-character labels; they cannot
     resolve, connect_job's resolve_address raises ConfigError, and the MS prologue requeues (node
     fault) a job whose user edited the nodefile (BEOWULF_JOB_MAP). torque.py read_nodefile: use a
     label-wise pattern like STRICT_HOST"""
@@ -530,12 +518,10 @@ def test_refusal_explanation_is_a_torque_docker_line_group(jobid, other):
     # assert all(line.startswith("torque-docker: ") for line in text.rstrip("\n").split("\n"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='BUG (low): a newline in -l other splits the refusal message')
 @pytest.mark.parametrize("other", ["image=debian;colour=red\nrm -rf ~", "image=debian;model=x\n\nYour job ran fine",
                                    "image=debian;model=a\rb"])
 def test_bug_request_text_breaks_the_message(other):
-    r"""BUG (low): messages quote the request raw (request.py: f'... -l other={other}', f'mount={text}
+    r"""FIXED (was a bug found here) (low): messages quote the request raw (request.py: f'... -l other={other}', f'mount={text}
     ...', f'model={model}'), so a newline in -l other splits the refusal into lines that do not
     start with 'torque-docker:' (in the .e, the .refused file and, through the admin log, forged log
     lines). Quote with !r, or escape control characters in refusal.explanation, cli._say and
@@ -547,17 +533,15 @@ def test_bug_request_text_breaks_the_message(other):
     assert "\r" not in text
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason='BUG: write_as_user cannot encode undecodable bytes')
 def test_bug_refusal_text_with_undecodable_bytes(tmp_path):
-    r"""BUG: refusal.write_as_user encodes the text with text.encode() (strict UTF-8); a request holding
+    r"""FIXED (was a bug found here): refusal.write_as_user encodes the text with text.encode() (strict UTF-8); a request holding
     bytes that are not UTF-8 (argv decodes them as surrogates) raises UnicodeEncodeError, the MS
     prologue dies with a traceback, no .refused file is written and the starter never gets the
     reason (refusal.py write_as_user: text.encode('utf-8', 'surrogateescape'))"""
     try:
         pwd.getpwnam("nobody")
     except KeyError:
-        pytest.skip("needs the user nobody")
+        pytest.fail("needs the user nobody (Debian and RHEL have it)")
     text = refusal.explanation("1.srv", RequestError("unknown key 'colour' in -l other=image=x;colour=\udcff", "fix"))
     refusal.write_as_user("nobody", str(tmp_path), refusal.file_name("1.srv"), text)
 
@@ -569,13 +553,14 @@ def test_admin_log_takes_any_decodable_text(tmp_path_factory, jobid, message):
     jobid, message = strip_surrogates(jobid), strip_surrogates(message)
     path = tmp_path_factory.mktemp("log") / "admin.log"
     Log(f"file:{path}", "n1").error(jobid, message)
-    assert path.read_bytes().decode().endswith(f"error job={jobid or '-'} node=n1 {message}\n")
+    # Logged as one line: control characters and line separators escaped, nothing lost.
+    from torque_docker.errors import printable
+    assert path.read_bytes().decode().endswith(printable(f"error job={jobid or '-'} node=n1 {message}") + "\n")
+    assert path.read_bytes().decode().count("\n") == 1
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason='BUG (severe): the admin log raises on undecodable bytes')
 def test_bug_admin_log_raises_on_undecodable_bytes(tmp_path):
-    r"""BUG (severe): Log._emit catches only OSError; a message with bytes that are not UTF-8 (e.g. -l
+    r"""FIXED (was a bug found here) (severe): Log._emit catches only OSError; a message with bytes that are not UTF-8 (e.g. -l
     other=image=x;k=\xff, which argv decodes as '\udcff') raises UnicodeEncodeError from the file
     write and from syslog.syslog alike, inside cli.run_hook's except handler: prologue.parallel dies
     with a traceback and exit 1, the sister rejects the join and pbs_mom marks the NODE DOWN. log.py
@@ -584,10 +569,8 @@ def test_bug_admin_log_raises_on_undecodable_bytes(tmp_path):
     Log(f"file:{tmp_path}/admin.log", "n1").error("7.srv", "prologue.parallel: unknown key 'k' in -l other=image=x;k=\udcff")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason='BUG (medium): a newline in the request forges admin-log lines')
 def test_bug_admin_log_line_forging(tmp_path):
-    r"""BUG (medium): Log._emit writes the message raw, so a newline in the user's -l other (quoted raw
+    r"""FIXED (was a bug found here) (medium): Log._emit writes the message raw, so a newline in the user's -l other (quoted raw
     in RequestError messages) forges admin-log lines in a file log (log.py _emit: escape \n, \r and
     other control characters)"""
     path = tmp_path / "admin.log"
@@ -726,10 +709,8 @@ def test_interactive_command_under_a_real_shell(tmp_path_factory, reporter, dirn
     assert seen["cwd"] == os.path.realpath(workdir)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason='BUG (low): an unbalanced quote in qsub -F kills the starter with a traceback')
 def test_bug_job_line_with_an_unbalanced_quote():
-    r"""BUG (low): starter.read_job_line shlex.splits the line pbs_mom writes (script path and qsub -F
+    r"""FIXED (was a bug found here) (low): starter.read_job_line shlex.splits the line pbs_mom writes (script path and qsub -F
     arguments); an unbalanced quote in -F raises ValueError and the job dies with a Python traceback
     in its .e instead of a one-line message (starter.py read_job_line: catch ValueError and refuse
     with a 'torque-docker:' line)"""

@@ -235,8 +235,6 @@ def test_mounts_on_the_packages_own_targets_are_refused(tree, alice, every_dir_r
     check_user_error(info.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: duplicate mount targets reach Docker "
-                   "(requeue instead of exit 1)")
 @pytest.mark.parametrize("targets", [["/data", "/data"], ["HOME"], ["/data", "/data/"]])
 def test_bug_duplicate_mount_targets_reach_docker(tree, alice, every_dir_reachable, targets):
     """Two requested mounts on one target, or one on the user's home (bound by the package):
