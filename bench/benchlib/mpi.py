@@ -88,7 +88,8 @@ $MPI ../bin/pingpong {max_bytes}
 """
 
 XHPL = re.compile(r"XHPL N=(\d+) NB=(\d+) P=(\d+) Q=(\d+) time=([\d.]+) gflops=([\d.]+) passed=(\d)")
-PINGPONG = re.compile(r"PINGPONG bytes=(\d+) iters=(\d+) lat_us=([\d.]+) bw_MBps=([\d.]+)")
+PINGPONG = re.compile(r"PINGPONG bytes=(\d+) iters=(\d+) lat_us=([\d.]+) bw_MBps=([\d.]+)"
+                      r"(?: lat_min_us=([\d.]+) bw_max_MBps=([\d.]+))?")
 RANK = re.compile(r"BENCH rank=(\d+) in=(\S+) cpus=(\S*)")
 BOUND = re.compile(r"MCW rank (\d+) (bound to .*|is not bound.*)")
 
@@ -116,7 +117,8 @@ def parse_output(stdout: str, stderr: str) -> Dict[str, object]:
         m = PINGPONG.search(line)
         if m:
             out["pingpong"].append({"bytes": int(m.group(1)), "lat_us": float(m.group(3)),
-                                    "bw_MBps": float(m.group(4))})
+                                    "bw_MBps": float(m.group(4)), "lat_min_us": float(m.group(5) or m.group(3)),
+                                    "bw_max_MBps": float(m.group(6) or m.group(4))})
         m = RANK.search(line)
         if m:
             out["ranks"].append({"rank": int(m.group(1)), "in": m.group(2), "cpus": m.group(3)})
