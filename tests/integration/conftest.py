@@ -74,6 +74,16 @@ def hosts_and_users():
         os.chmod(pwd.getpwnam(name).pw_dir, 0o755)
 
 
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll until predicate() is true; every wait in the tests has a bound."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 class Site:
     """One simulated cluster with torque-docker installed on every node."""
 

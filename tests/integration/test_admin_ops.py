@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OPENMPI_IMAGE, USER
+from conftest import OPENMPI_IMAGE, USER, wait_for
 
 from torque_docker import admin
 from torque_docker.runtime import L_JOB
@@ -30,13 +30,6 @@ def job_containers(client, jobid):
     return client.containers.list(all=True, filters={"label": f"{L_JOB}={jobid}"})
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ----------------------------------------------------------------------------- gc
@@ -178,8 +171,10 @@ def test_stage_applies_aliases_and_the_allowed_list(make_site):
 def test_stage_waits_for_the_per_node_image_lock(make_site):
     site = make_site(nodes=1)
     lock = admin.image_lock(site.config("tdnode0"), OPENMPI_IMAGE, timeout=5)
-    with lock:
-        blocked = cli(site, "tdnode0", "stage", OPENMPI_IMAGE, "--lock-timeout", "1")
+    with lock:   # a pull (--refresh) waits for the lock; an image already present needs none
+        blocked = cli(site, "tdnode0", "stage", OPENMPI_IMAGE, "--refresh", "--lock-timeout", "1")
+        present = cli(site, "tdnode0", "stage", OPENMPI_IMAGE, "--lock-timeout", "1")
+    assert present.returncode == 0 and "already present" in present.stdout
     assert blocked.returncode == 1
     assert f"another process holds the lock on {OPENMPI_IMAGE}" in blocked.stderr
     done = cli(site, "tdnode0", "stage", OPENMPI_IMAGE, "--lock-timeout", "1")

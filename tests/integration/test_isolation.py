@@ -29,7 +29,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import ADDRESSES, OPENMPI_IMAGE, OTHER_USER, USER
+from conftest import ADDRESSES, OPENMPI_IMAGE, OTHER_USER, USER, wait_for
 
 from torque_docker import keys
 from torque_docker.runtime import L_ALIAS, L_HOST, L_JOB, L_PORT
@@ -40,13 +40,6 @@ CAP_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 
 # ----------------------------------------------------------------------------- helpers
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def as_user(name: str, argv: List[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
