@@ -189,7 +189,12 @@ class Config:
         address = self.values["network_listen_address"]
         if address != "auto":
             return address
-        return resolve_address(self.node_name())
+        resolved = resolve_address(self.node_name())
+        if ipaddress.ip_address(resolved).is_loopback:
+            # Debian maps the host's own name to 127.0.1.1: other nodes could never reach it.
+            raise ConfigError(f"this node's name {self.node_name()} resolves to {resolved}, a loopback address",
+                              "set [network] listen_address to the address other nodes reach this one on")
+        return resolved
 
     def image_allowed(self, reference: str) -> bool:
         return any(fnmatch.fnmatchcase(reference, pattern) for pattern in self.images_allowed)

@@ -73,3 +73,11 @@ def test_every_option_is_documented_in_the_default_file():
     text = config.render_defaults()
     for option in config.OPTIONS:
         assert f"#{option.key} = " in text
+
+
+def test_auto_listen_address_refuses_loopback(monkeypatch):
+    monkeypatch.setattr(config.socket, "gethostbyname", lambda name: "127.0.1.1")
+    with pytest.raises(ConfigError, match="loopback address"):
+        config.parse_text("[network]\nnode_name = n1\n").listen_address()
+    monkeypatch.setattr(config.socket, "gethostbyname", lambda name: "10.1.0.7")
+    assert config.parse_text("[network]\nnode_name = n1\n").listen_address() == "10.1.0.7"
