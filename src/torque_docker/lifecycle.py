@@ -490,17 +490,27 @@ def push_container_files(host_config: Path, aliases: Sequence[str], files: Dict[
     """Sister containers need the job's aliases too (Open MPI tree-spawns from them, MPICH's
     proxies resolve the launcher's name). Their files are bind-mounted, so writing through
     the job's own SSH access (truncate + write, same inode) updates what they read.
+
+    One ssh login per sister node carries all files: the remote POSIX shell splits its
+    input by line counts (``read`` takes a pipe a byte at a time, so nothing is over-read).
     """
+    names = list(files)
+    texts = [files[n] if files[n].endswith("\n") else files[n] + "\n" for n in names]
+    parts = []
+    for name, text in zip(names[:-1], texts[:-1]):
+        parts.append(f"i=0; while [ $i -lt {text.count(chr(10))} ] && IFS= read -r l; do "
+                     f"printf '%s\\n' \"$l\"; i=$((i+1)); done > {CTR_DIR}/{name}")
+    parts.append(f"cat > {CTR_DIR}/{names[-1]}")
+    command = "; ".join(parts)
+    payload = "".join(texts)
+
     def push(alias: str) -> Optional[str]:
-        for name, text in files.items():
-            try:
-                result = subprocess.run(ssh_base(host_config) + [alias, f"cat > {CTR_DIR}/{name}"],
-                                        input=text, capture_output=True, text=True, timeout=30)
-            except subprocess.TimeoutExpired:
-                return f"{alias}: timed out"
-            if result.returncode != 0:
-                return f"{alias}: {result.stderr.strip()[:200]}"
-        return None
+        try:
+            result = subprocess.run(ssh_base(host_config) + [alias, command],
+                                    input=payload, capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            return f"{alias}: timed out"
+        return None if result.returncode == 0 else f"{alias}: {result.stderr.strip()[:200]}"
 
     if not aliases:
         return

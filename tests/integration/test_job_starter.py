@@ -72,9 +72,12 @@ def test_two_node_mpich_job_launches_with_no_flags(site):
 mpiexec -n 4 /opt/tdtest/mpi_hello
 """
     result = site.cluster.run(site.job(script, [("tdnode0", 2), ("tdnode1", 2)], other=f"image={MPICH_IMAGE}",
-                                       resources={"walltime": "00:01:30"}))
+                                       resources={"walltime": "00:00:30"}))
     ranks = [line for line in result.stdout.splitlines() if line.startswith("rank=")]
     assert len(ranks) == 4, result.stdout + result.stderr
+    # Not asserted: the exit status. Debian's MPICH 4.0.2 (ch4:ucx) hangs in MPI_Finalize in
+    # about 1 run of 3 when both simulated nodes are one machine (Open MPI does not); the
+    # walltime then ends the job. Known issue, in the README.
     assert all("marker=inside-the-mpich-image" in line and "uid=2001" in line for line in ranks)
     assert {line.split("host=")[1].split()[0].rsplit("-", 1)[1] for line in ranks} == {"n0", "n1"}
 
