@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from torque_docker import probe
+
 from .site import IMAGE, NODES, UID, BenchSite
 
 FLOOR_ADDRESS = "127.0.2.20"       # not a node address: the floor never competes for the hooks' ports
@@ -32,18 +34,8 @@ STEP_LINE = re.compile(r"job=(?P<job>\S+) node=(?P<node>\S+) (?P<kind>prologue(?
 
 # ----------------------------------------------------------------------------- floor
 def read_banner(address: str, port: int, timeout: float = 1.0) -> str:
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            data = b""
-            while b"\n" not in data and len(data) < 512:
-                chunk = sock.recv(512)
-                if not chunk:
-                    break
-                data += chunk
-            return data.decode("ascii", "replace").strip()
-    except OSError:
-        return ""
+    """The product's own banner probe (the floor must wait exactly as the hooks do)."""
+    return probe.read_banner(address, port, timeout) or ""
 
 
 def _port_free(port: int) -> bool:
