@@ -138,8 +138,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
             write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]),
                                path=runtime.image_path(reference),
                                usage_table=model == "process" or cfg.log_verbose)
-        count = sum(len(n.containers) for n in nodes) if ctx.is_ms else len(started)
-        where = f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms else f"{count} container(s)"
+        where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
+                 else f"{len(started)} container(s)")
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
                          f"{where}, ready in {timer.total:.1f} s")
         log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")

@@ -227,12 +227,6 @@ class Runtime:
             started = 0.0
         return host_usage(state["Pid"], attrs.get("Name", "").lstrip("/"), started)
 
-    def stats(self, ident: str) -> Dict[str, object]:
-        try:
-            return self.client.api.stats(ident, stream=False)
-        except (APIError, DockerException):
-            return {}
-
 
 def _short(exc: BaseException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)

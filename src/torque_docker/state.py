@@ -94,9 +94,6 @@ class NodeState:
     def save_job(self, jobid: str, record: Dict[str, Any]) -> None:
         write_file(self.job_dir(jobid) / "job.json", json.dumps(record, indent=1, sort_keys=True), 0o600)
 
-    def remove_job_dir(self, jobid: str) -> None:
-        shutil.rmtree(self.job_dir(jobid), ignore_errors=False) if self.job_dir(jobid).exists() else None
-
     # ---- attempts (requeue loops) -----------------------------------------
     def count_attempt(self, jobid: str) -> int:
         with self._lock():
@@ -137,9 +134,6 @@ class NodeState:
             kept = {c: j for c, j in kept.items() if j}
             if kept != table:
                 write_file(path, json.dumps(kept), 0o600)
-
-    def cores_held(self) -> Dict[str, List[str]]:
-        return _read_json(self.root / "cores.json")
 
     # ---- images -----------------------------------------------------------
     def image_lock(self, key: str, timeout: float) -> FileLock:
