@@ -48,5 +48,7 @@ def test_two_jobs_of_one_user_on_the_same_nodes(site, docker_client):
         ranks = [l for l in result.stdout.splitlines() if l.startswith("rank=")]
         assert len(ranks) == 4, result.stdout + result.stderr
         tag = re.sub(r"[^a-z0-9]+", "-", job.jobid.lower())
-        assert all(f"host=td-{tag}-n" in line for line in ranks)   # only its own containers
+        # Only its own containers: every host a rank reports is one of this job's aliases.
+        hosts = re.findall(r"host=(\S+)", result.stdout)
+        assert len(hosts) == 4 and all(h.startswith(f"td-{tag}-n") for h in hosts), result.stdout
         assert site.leftovers(docker_client, job.jobid) == []
