@@ -90,7 +90,8 @@ def _hook_missing(site):
 
 def _hook_interpreter(site):
     path = mom_priv(site) / "epilogue"
-    path.write_text(path.read_text().replace("#!/usr/bin/python3 -s", "#!/usr/bin/python2.4 -s", 1))
+    first, rest = path.read_text().split("\n", 1)
+    path.write_text("#!/usr/bin/python2.4 -s\n" + rest)
 
 
 def _secret_missing(site):

@@ -50,7 +50,7 @@ def test_gc_removes_a_leaked_job_and_leaves_a_running_one_alone(make_site, docke
     assert len(job_containers(docker_client, leaked.jobid)) == 2
     assert {"port reservation on tdnode0", "job directory on tdnode1"} <= set(site.leftovers(docker_client, leaked.jobid))
     for node in site.nodes:
-        admin.install(str(site.cluster.mom_priv(node)), python="/usr/bin/python3", cfg=site.config(node),
+        admin.install(str(site.cluster.mom_priv(node)), python=checkout_python(site.root), cfg=site.config(node),
                       out=open(os.devnull, "w"))
 
     # Job B is running (its script waits for a flag) while gc runs on both nodes.
@@ -187,7 +187,7 @@ def test_uninstall_removes_only_what_install_wrote(make_site, docker_client):
     dropin = site.root / "ssh_config.d" / "90-torque-docker.conf"
     site.reconfigure(f"[ssh]\ndropin = {dropin}\n")
     mom_priv = site.cluster.mom_priv("tdnode0")
-    admin.install(str(mom_priv), python="/usr/bin/python3", cfg=site.config("tdnode0"), out=open(os.devnull, "w"))
+    admin.install(str(mom_priv), python=checkout_python(site.root), cfg=site.config("tdnode0"), out=open(os.devnull, "w"))
     assert dropin.exists()
     own = mom_priv / "prologue.parallel"
     own.write_text("#!/bin/sh\n# the site's own script\nexit 0\n")

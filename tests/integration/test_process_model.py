@@ -1,4 +1,5 @@
 """Issue 4: one container per slot, pinned to its own core, sharing IPC with its node's siblings."""
+import os
 import re
 import threading
 from pathlib import Path
@@ -103,7 +104,8 @@ def test_live_limits_change_a_running_container(site, docker_client):
         while time.monotonic() < deadline and len(docker_client.containers.list(
                 filters={"label": f"torque-docker.job={job.jobid}"})) < 2:
             time.sleep(0.2)
-        env = {"PATH": "/usr/bin:/bin", "TORQUE_DOCKER_CONF": str(site.configs["tdnode0"])}
+        env = {"PATH": "/usr/bin:/bin", "TORQUE_DOCKER_CONF": str(site.configs["tdnode0"]),
+               "PYTHONPATH": os.environ["PYTHONPATH"]}
         done = subprocess.run(["/usr/bin/python3", "-m", "torque_docker.cli", "limits", job.jobid, "--slot", "1",
                                "--cpus", "0.5", "--memory", "256mb"], capture_output=True, text=True, env=env,
                               timeout=60)
