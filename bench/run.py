@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""torque-docker benchmarks (issue 7): one command, side by side, ratios.
+"""torque-docker benchmarks: one command, side by side, ratios.
 
     bash bench/run.sh [--quick]          # installs what the bench needs, builds, then runs this
     /usr/bin/python3 bench/run.py [--quick] [--only startup|mpi] [--rounds N] [--reps N]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# torque-docker benchmarks (issue 7), one command:  bash bench/run.sh [--quick] [run.py options]
+# torque-docker benchmarks, one command:  bash bench/run.sh [--quick] [run.py options]
 #
 # As root on the project's Debian 12 machine, after scripts/setup.sh (Docker, the package):
 # installs what only the benchmark needs (idempotent), builds the bench image, fetches

@@ -29,7 +29,7 @@ else
     # 'S': the package's hooks/ and templates/ symlinks keep their relative targets.
     tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' \
         --transform "s,^,$name-$version/,S" --owner=0 --group=0 \
-        -czf "$tarball" README.md setup.cfg pyproject.toml src hooks templates packaging
+        -czf "$tarball" README.md docs setup.cfg pyproject.toml src hooks templates packaging
 fi
 cp "$spec" "$top/SPECS/"
 

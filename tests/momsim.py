@@ -4,8 +4,8 @@ Used by the integration tests and the demo. Stdlib only; runs under Debian's /us
 (3.11) as root. Several simulated nodes share this one machine: each node is a directory
 ``<root>/<node>/`` that plays the part of that node's ``$PBS_HOME``.
 
-Every behaviour below follows /work/shared/torque-facts.md ("facts" in the comments: the
-section is named) and, where that file is silent, Torque's src/resmom/prolog.cpp and
+Every behaviour below follows docs/torque-facts.md ("facts" in the comments: the
+section is named) and, where that file is silent, Torque's src/resmom/prolog.c and
 catch_child.c (run_pelog, check_pelog_permissions, setup_pelog_arguments,
 setup_pelog_environment, get_child_exit_status, run_epilogues).  Where the simulator is not
 faithful, a comment says so, starting with "NOT FAITHFUL".
@@ -99,9 +99,9 @@ JOB_EXEC_FAIL2 = -2        # start aborted, not requeued (MS prologue exit 1)
 JOB_EXEC_RETRY = -3        # start failed, job requeued
 JOB_EXEC_OVERLIMIT_WT = -11  # killed for exceeding walltime
 
-KILL_DELAY = 2.0           # mom's default kill_delay between SIGTERM and SIGKILL (brief)
+KILL_DELAY = 2.0           # mom's default kill_delay between SIGTERM and SIGKILL
 PELOG_GIVE_UP = 5.0        # get_child_exit_status(): alarm(5) after the SIGKILL, then -5
-RESC_BUF = 2048            # prolog.cpp: char resc_list[2048]
+RESC_BUF = 2048            # prolog.c: char resc_list[2048]
 POLL = 0.01
 
 # Resources the server sends to mom (facts: "Arguments", resource list format).
@@ -223,7 +223,7 @@ def _strtol(s: str) -> tuple[int, str]:
 
 
 def torque_num_nodes_ppn(spec: str) -> tuple[int, int]:
-    """PBS_NUM_NODES / PBS_NUM_PPN exactly as prolog.cpp setup_pelog_environment (and
+    """PBS_NUM_NODES / PBS_NUM_PPN exactly as prolog.c setup_pelog_environment (and
     InitUserEnv) compute them from the nodes= string.  Quirks kept on purpose: a spec that
     starts with a host name ("nA:ppn=2+nB:ppn=1") gives num_nodes 0 and ppn 1; ppn is the
     first "ppn=" only."""
@@ -253,9 +253,9 @@ def derive_nodes_spec(nodes: list) -> str:
 
 
 def resource_list_string(entries: list, buflen: int = RESC_BUF) -> str:
-    """prolog.cpp resc_to_string(): name=value joined by commas.  An entry that does not
-    fit in what is left of the 2 KB buffer is skipped silently (facts: "truncated silently
-    past about 2 KB")."""
+    """prolog.c resc_to_string(): name=value joined by commas.  An entry that does not
+    fit in what is left of the 2 KB buffer is skipped silently (facts "Arguments": "silently
+    cut at about 2 KB")."""
     out = []
     for name, value in entries:
         need = len(name) + len(value) + 3
@@ -372,7 +372,7 @@ def session_pids(sid: int) -> list[int]:
 
 
 def kill_session(sid: int, sig: int) -> int:
-    """Send sig to every process of the session (prolog.cpp pelogalm(); kill_job()).
+    """Send sig to every process of the session (prolog.c pelogalm(); kill_job()).
     Processes that left the session (setsid, or started through dockerd) are NOT hit, as
     on a real node (facts: "Timeout")."""
     n = 0
@@ -697,9 +697,9 @@ class Cluster:
                 if node in failed:
                     self._log(ctx, node, "join rejected: prolog/epilog failed; node DOWN")
             ctx.exit_status = JOB_EXEC_RETRY
-            # DEVIATION from the brief (which says the MS epilogue is not run here):
+            # The MS epilogue does run here:
             # facts "Ordering": "The MS epilogue runs even when the prologue failed or
-            # never ran (... -3 = start aborted)" - mom's exec_bail() leaves the job
+            # never ran" (-3 for an aborted start) - mom's exec_bail() leaves the job
             # EXITING and scan_for_exiting() runs the MS epilogues with $10 = -3.
             state = "Q"
         else:
@@ -756,7 +756,7 @@ class Cluster:
 
         # 6. Output: not delivered when a prologue exit 1 aborted the start (facts "Exit
         #    codes": the .OU/.ER stay in $PBS_HOME/spool).  Requeued jobs do get their
-        #    .o/.e copied back (facts: "each overwriting the user's .o/.e").
+        #    .o/.e copied back (facts "Exit codes": "each start overwrites the user's .o/.e").
         delivered = False
         output_paths = None
         stdout_text = stderr_text = ""
@@ -895,7 +895,7 @@ class Cluster:
             cwd = str(self.mom_priv(node))
         cfg = self.read_config(node)
         # Facts "Timeout": the whole session is SIGKILLed at about $prologalarm - 10 s.
-        # NOT FAITHFUL (by the brief's choice): prolog.cpp get_child_exit_status() arms
+        # NOT FAITHFUL (on purpose): prolog.c get_child_exit_status() arms
         # alarm(min($prologalarm, job_start_timeout - 10)), job_start_timeout = 300, so
         # the default 300 gives 290 s as here, but a small $prologalarm (e.g. 12) would
         # really fire at 12 s, not 2 s.  Killing earlier is the stricter test.
@@ -1012,7 +1012,7 @@ class Cluster:
     # ---- the batch script -----------------------------------------------------------
 
     def _job_env(self, ctx: _Ctx) -> dict:
-        """The batch job's environment (InitUserEnv), per the brief's list.
+        """The batch job's environment (InitUserEnv, src/resmom/start_exec.c).
         NOT FAITHFUL (omitted): PBS_O_PATH/PBS_O_SHELL/PBS_O_LANG/... (qsub copies of
         the submitter's environment), PBS_GPUFILE, PBS_MICFILE, PBS_VERSION, TMPDIR."""
         j, pw = ctx.job, ctx.pw

@@ -1,1 +1,1 @@
-"""Benchmarks of torque-docker (issue 7): helpers for bench/run.py. Not tests."""
+"""Benchmarks of torque-docker: helpers for bench/run.py. Not tests."""

@@ -40,7 +40,7 @@ CONFIGS: Dict[str, Dict[str, object]] = {
 }
 
 HPL_DAT = """HPLinpack benchmark input file
-torque-docker bench (issue 7)
+torque-docker bench
 HPL.out      output file name (if any)
 8            device out (6=stdout,7=stderr,file)
 1            # of problems sizes (N)

@@ -1,6 +1,6 @@
 """The one place that maps exceptions to exit codes and one-line messages.
 
-pbs_mom gives exit codes a meaning (torque-facts.md):
+pbs_mom gives exit codes a meaning (docs/torque-facts.md):
 - MS prologue: 0 runs the job, 1 aborts it (user errors), anything else requeues it;
 - sister prologue.parallel: any non-zero rejects the join AND marks the node down, so a
   sister fails only for a real node fault; the MS catches users' mistakes;
@@ -89,7 +89,7 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
 def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log) -> int:
     """Requeue a node fault a bounded number of times; refuse everything else where the user sees it.
 
-    Torque requeues an MS prologue exit > 1 at once and forever (torque-facts.md), so
+    Torque requeues an MS prologue exit > 1 at once and forever (docs/torque-facts.md), so
     attempts are counted per job on the node; past ``[jobs] max_attempts`` the fault is
     explained to the user like a refusal (and stays in the admin log).
     """

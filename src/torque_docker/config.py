@@ -310,7 +310,7 @@ def load(path: Optional[str] = None) -> Config:
 def render_defaults() -> str:
     """The default config file text, every option commented out with its help."""
     out = ["# torque-docker site configuration. Every option is shown with its default.",
-           "# Unknown keys are errors. See the README's admin guide."]
+           "# Unknown keys are errors. Options are described in docs/admin-guide.md."]
     section = None
     for option in OPTIONS:
         if option.section != section:

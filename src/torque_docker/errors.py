@@ -1,6 +1,6 @@
 """One root exception, and subclasses that say whose fault a failure is.
 
-Torque gives an exit code a meaning (torque-facts.md): on the mother superior 1 aborts
+Torque gives an exit code a meaning (docs/torque-facts.md): on the mother superior 1 aborts
 the job, anything else requeues it, and a sister's non-zero marks the NODE down. So the
 first thing any failure must say is whether the user can fix it (abort, never requeue),
 or the node is at fault (requeue, bounded). `cli.py` is the only place that turns these

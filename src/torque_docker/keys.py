@@ -1,7 +1,7 @@
 """Per-job secrets derived from one site secret, so nodes agree without talking.
 
 Sisters finish their prologue before the mother superior's starts and cannot send it
-anything (torque-facts.md). Everything the MS needs to know about a sister's containers
+anything (docs/torque-facts.md). Everything the MS needs to know about a sister's containers
 except the port each one finally took is therefore computed, on every node alike, as
 HMAC-SHA256(site secret, purpose | job id | ...): the job's user key pair, the sshd host
 key, the banner token, and the candidate ports. HMAC keeps one job's keys from saying

@@ -3,7 +3,7 @@
 Data flows one way: HookContext -> JobRequest -> plan -> runtime -> rendered files ->
 state. Set-up either completes or removes what it made; teardown runs every step even
 when some fail, and is safe to run any number of times (pbs_mom may skip or repeat
-epilogues, see torque-facts.md).
+epilogues, see docs/torque-facts.md).
 """
 from __future__ import annotations
 
@@ -350,7 +350,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
     deadline = time.monotonic() + cfg.ssh_ready_timeout
     host = cfg.node_name()
     # Where mpirun runs with run=container (the MS's first container), the other containers
-    # of its own node must not resolve: Open MPI would take them for itself (field notes, 2).
+    # of its own node must not resolve: Open MPI would take them for itself (docs/design.md, MPI trap 2).
     launcher_hosts = ctx.is_ms and len(local.containers) > 1
 
     first = local.containers[0]

@@ -1,7 +1,7 @@
 """Telling users why their container job was refused, where they will look.
 
 On a real Torque 6.1.3 an MS prologue exit 1 aborts the job and its .o/.e are NOT
-delivered (torque-facts.md), so a message printed by the prologue is invisible. Two ways
+delivered (docs/torque-facts.md), so a message printed by the prologue is invisible. Two ways
 out, both used:
 
 1. With our job starter installed, the prologue records the reason and exits 0; the job

@@ -1,7 +1,7 @@
 """What the job asked for: the ``other=`` entry of Torque's resource list.
 
 ``-l other=STRING`` is the only free-form resource that reaches the hooks
-(torque-facts.md); commas split the resource list, so our pairs are separated by ``;``:
+(docs/torque-facts.md); commas split the resource list, so our pairs are separated by ``;``:
 ``other=image=lab/openfoam:11;model=process;mount=/scratch:/data:ro``.
 A job whose ``other`` holds no ``image=`` is not ours and must be left untouched.
 """

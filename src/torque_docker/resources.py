@@ -1,6 +1,6 @@
 """CPU and memory a job's containers get on this node.
 
-Every container is limited to the cores the job owns here (field notes: without a cpuset
+Every container is limited to the cores the job owns here (docs/design.md, MPI trap 6: without a cpuset
 several containers each bind their first rank to core 0). Torque's own job cpuset is
 authoritative when Torque runs with cgroups; otherwise a node-local allocator hands out
 cores no running job holds. Pure functions here; the allocation table lives in state.py.

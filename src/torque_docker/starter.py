@@ -1,7 +1,7 @@
 """The job starter: the one place that can change the job's environment and where it runs.
 
 pbs_mom execs ``[starter, shell]`` as the job user, with stdin a pipe holding the path of
-the job script and its ``-F`` arguments (torque-facts.md). For a job without an image we
+the job script and its ``-F`` arguments (docs/torque-facts.md). For a job without an image we
 exec the shell at once, untouched. For a container job we export the launcher settings
 (both MPIs use ssh with the job's aliases) and, with ``run=container``, run the script in
 the mother superior's container through the job's own SSH alias: the starter runs as the
@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 CTR_DIR = "/run/torque-docker"
 STARTER_FILE = "starter.json"
 
-#: Launcher settings every container job gets (field-notes.md, "Open MPI traps").
+#: Launcher settings every container job gets (docs/design.md, "What Docker, sshd and MPI taught us").
 LAUNCHER_ENV: Dict[str, str] = {
     "OMPI_MCA_plm": "rsh",                             # never TM: ranks must go through ssh into containers
     "OMPI_MCA_plm_rsh_agent": "ssh",

@@ -39,7 +39,7 @@ def write_file(path: Path, data: "str | bytes", mode: int, uid: int = -1, gid: i
 
 
 def ensure_dir(path: Path, mode: int, uid: int = -1, gid: int = -1) -> Path:
-    """mkdir -p with the mode really set: hooks run under umask 077 (torque-facts.md), which
+    """mkdir -p with the mode really set: hooks run under umask 077 (docs/torque-facts.md), which
     would silently make a 0755 directory 0700 and lock the job user out."""
     path = Path(path)
     if path.is_symlink():

@@ -1,7 +1,7 @@
 """The sweep: containers and state of jobs pbs_mom no longer knows.
 
 pbs_mom can purge a job without running its epilogues (an aborted start on the sisters,
-a kill with the sync flag; torque-facts.md), and a prologue killed by $prologalarm leaves
+a kill with the sync flag; docs/torque-facts.md), and a prologue killed by $prologalarm leaves
 containers that dockerd keeps running. Every prologue sweeps its node, and admins can run
 ``torque-docker gc`` (a systemd timer does every 10 minutes). It never touches a job mom
 knows, nor anything younger than the grace period (a job being set up right now).

@@ -1,4 +1,4 @@
-"""What pbs_mom hands a hook: argv positions, environment, cwd (torque-facts.md).
+"""What pbs_mom hands a hook: argv positions, environment, cwd (docs/torque-facts.md).
 
 Only this module knows Torque's argv layout, so the rest of the package deals in a
 HookContext and never in ``sys.argv[5]``.

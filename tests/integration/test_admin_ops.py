@@ -38,7 +38,7 @@ def test_gc_removes_a_leaked_job_and_leaves_a_running_one_alone(make_site, docke
     nodes = [("tdnode0", 1), ("tdnode1", 1)]
     other = f"image={OPENMPI_IMAGE};run=host"
 
-    # Job A leaks: pbs_mom purges it without running the epilogues (torque-facts: an
+    # Job A leaks: pbs_mom purges it without running the epilogues (docs/torque-facts.md: an
     # aborted start or a sync kill does that), so its containers, state and ports stay.
     for node in site.nodes:
         site.cluster.remove_hook(node, "epilogue")

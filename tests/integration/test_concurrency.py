@@ -1,4 +1,4 @@
-"""Issue 6: concurrency. Many container jobs on one node at once, and one user's jobs side by side."""
+"""Concurrency. Many container jobs on one node at once, and one user's jobs side by side."""
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor

@@ -1,4 +1,4 @@
-"""Issue 6: faults. Each one: the job gets the right outcome and a clear message, and the
+"""Faults. Each one: the job gets the right outcome and a clear message, and the
 node is left clean (at once, or by the sweep that every prologue and `gc` run)."""
 import io
 import os

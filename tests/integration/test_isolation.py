@@ -1,4 +1,4 @@
-"""Issue 6: isolation and least privilege, proven against the real hooks, Docker and sshd.
+"""Isolation and least privilege, proven against the real hooks, Docker and sshd.
 
 A job of user A is held running (its script waits for a flag; ``kill_after`` bounds it
 in any case) while the test inspects its containers from the host and from inside, and

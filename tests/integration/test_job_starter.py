@@ -1,4 +1,4 @@
-"""Issue 3: the batch script inside the container, through the job starter."""
+"""The batch script inside the container, through the job starter."""
 import time
 
 from conftest import MPICH_IMAGE, OPENMPI_IMAGE
@@ -77,7 +77,7 @@ mpiexec -n 4 /opt/tdtest/mpi_hello
     assert len(ranks) == 4, result.stdout + result.stderr
     # Not asserted: the exit status. Debian's MPICH 4.0.2 (ch4:ucx) hangs in MPI_Finalize in
     # about 1 run of 3 when both simulated nodes are one machine (Open MPI does not); the
-    # walltime then ends the job. Known issue, in the README.
+    # walltime then ends the job. Listed under Known issues in the README.
     assert all("marker=inside-the-mpich-image" in line and "uid=2001" in line for line in ranks)
     assert {line.split("host=")[1].split()[0].rsplit("-", 1)[1] for line in ranks} == {"n0", "n1"}
 

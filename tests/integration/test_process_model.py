@@ -1,4 +1,4 @@
-"""Issue 4: one container per slot, pinned to its own core, sharing IPC with its node's siblings."""
+"""One container per slot, pinned to its own core, sharing IPC with its node's siblings."""
 import os
 import re
 import threading

@@ -1,4 +1,4 @@
-"""Issue 8: a refused container job always leaves the user a readable explanation, and its
+"""A refused container job always leaves the user a readable explanation, and its
 script never runs. The simulator models Torque's non-delivery of .o/.e after a prologue
 exit 1, so a message that only went to the .e would be caught here."""
 from pathlib import Path

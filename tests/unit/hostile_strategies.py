@@ -1,6 +1,6 @@
 """Hypothesis strategies for job-supplied text, shared by the test_hostile_*.py files.
 
-What can reach the hooks (torque-facts.md): pbs_mom's argv ($1 job id, $2 user, $4 job
+What can reach the hooks (docs/torque-facts.md): pbs_mom's argv ($1 job id, $2 user, $4 job
 name, the resource list with the user's ``-l other=...``), the environment pbs_mom builds
 (PBS_O_WORKDIR comes from the submitter), the nodefile a user may alter with
 BEOWULF_JOB_MAP, and, for the job starter, the job's whole environment.

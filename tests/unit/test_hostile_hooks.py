@@ -1,10 +1,10 @@
-"""Hostile argv, environment and nodefile against the hooks themselves (issue 6).
+"""Hostile argv, environment and nodefile against the hooks themselves.
 
 ``cli.run_hook`` runs in-process with a temporary node (state, secret, ssh include dir
 and config under tmp, ``[log] destination = none``); ``lifecycle.runtime_for`` is replaced
 by one that raises NodeFault, so a request that passes every check stops where Docker
 would be called. Whatever pbs_mom hands over, the hook must return Torque's codes
-(torque-facts.md: MS prologue 0/1/2, sister prologue 0/2, epilogues 0), print only
+(docs/torque-facts.md: MS prologue 0/1/2, sister prologue 0/2, epilogues 0), print only
 ``torque-docker:`` lines, never a traceback, and refuse a user's mistake with exit 1 on
 the MS and 0 on a sister (a sister's non-zero marks the node down).
 """

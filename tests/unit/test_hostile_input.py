@@ -1,4 +1,4 @@
-"""Hostile job-supplied text against every pure function it reaches (issue 6).
+"""Hostile job-supplied text against every pure function it reaches.
 
 Each ``test_*`` with ``@given`` is a property over hostile input (strategies in
 hostile_strategies.py: commas, ``;``, ``=``, quotes, newlines, NUL where reachable, shell
@@ -8,7 +8,7 @@ found by these properties; they are ``xfail(strict=True)`` until src/ is fixed, 
 turns them into failures that ask for the marker to be removed (and the property
 strengthened where the comment says so).
 
-Which inputs are reachable (torque-facts.md): the resource list ($5/$6, with the user's
+Which inputs are reachable (docs/torque-facts.md): the resource list ($5/$6, with the user's
 ``-l other=``), the job name ($4), PBS_O_WORKDIR and the nodefile (BEOWULF_JOB_MAP) are
 the user's; the job id ($1) is the server's (``NUM[IDX].server``); user and group ($2/$3)
 are names the node's NSS resolves; gecos is the user's on systems with chfn.
@@ -719,7 +719,7 @@ def test_bug_job_line_with_an_unbalanced_quote():
 
 
 def test_every_property_has_a_budget_and_the_total_is_reported():
-    """The figure the README reports: hostile inputs tried per run, the sum of max_examples."""
+    """The figure the admin guide reports: hostile inputs tried per run, the sum of max_examples."""
     import test_hostile_hooks
     import test_hostile_paths
     modules = [sys.modules[__name__], test_hostile_hooks, test_hostile_paths]

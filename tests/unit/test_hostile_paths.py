@@ -1,4 +1,4 @@
-"""Hostile paths against the mount and image policy, on a real directory tree (issue 6).
+"""Hostile paths against the mount and image policy, on a real directory tree.
 
 The tree holds symlinks a user could plant under an allowed directory: to /etc, to the
 Docker socket, to /proc, to '..', to a sibling whose name shares the allowed root's
