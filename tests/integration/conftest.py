@@ -103,6 +103,9 @@ def hosts_and_users(one_integration_run_at_a_time):
             pwd.getpwnam(name)
         except KeyError:
             subprocess.run(["useradd", "-m", "-u", str(uid), "-s", "/bin/bash", name], check=True)
+        if pwd.getpwnam(name).pw_uid != uid:     # the tests check ids inside containers against it
+            pytest.fail(f"this machine has a user {name} with uid {pwd.getpwnam(name).pw_uid}; the tests need "
+                        f"uid {uid}: remove that user (the tests create it) or give it uid {uid}")
         os.chmod(pwd.getpwnam(name).pw_dir, 0o755)
 
 

@@ -217,19 +217,51 @@ def test_post_only_hints(rpm_file, tmp_path):
     assert upgrade.returncode == 0 and upgrade.stdout == ""
 
 
+def run_scriptlet(text: str, arg: str, env: Dict[str, str], spool: Path) -> subprocess.CompletedProcess:
+    """Run a scriptlet with ``spool`` in place of the host's /var/spool, in a private mount
+    namespace: the scriptlet also searches the default PBS homes, and what this machine has
+    installed there (a node with torque-docker enabled) must not decide the outcome."""
+    spool.mkdir(exist_ok=True)
+    wrapper = 'mount --bind "$0" /var/spool && exec sh -c "$1" scriptlet "$2"'
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", wrapper,
+                           str(spool), text, arg], capture_output=True, text=True, env=env, timeout=30)
+
+
 def test_erase_is_refused_while_mom_priv_still_runs_the_hooks(rpm_file, tmp_path):
     text = scriptlet(rpm_file, "PREUN")
+    spool = tmp_path / "spool"                       # stands for /var/spool
     pbs_home = tmp_path / "torque"
     (pbs_home / "mom_priv").mkdir(parents=True)
     env = {"PATH": "/bin:/usr/bin", "PBS_HOME": str(pbs_home)}
-    clean = subprocess.run(["sh", "-c", text, "preun", "0"], capture_output=True, text=True, env=env, timeout=30)
+    hook = admin._hook_text(admin.PACKAGE_HOOKS / "epilogue", "/usr/bin/python3")
+    clean = run_scriptlet(text, "0", env, spool)
     assert clean.returncode == 0, clean.stderr
-    (pbs_home / "mom_priv/epilogue").write_text(admin._hook_text(admin.PACKAGE_HOOKS / "epilogue", "/usr/bin/python3"))
-    erase = subprocess.run(["sh", "-c", text, "preun", "0"], capture_output=True, text=True, env=env, timeout=30)
+    (pbs_home / "mom_priv/prologue").write_text("#!/bin/sh\nexit 0\n")     # a site's own hook is not ours
+    assert run_scriptlet(text, "0", env, spool).returncode == 0
+    (pbs_home / "mom_priv/epilogue").write_text(hook)
+    erase = run_scriptlet(text, "0", env, spool)
     assert erase.returncode == 1
     assert f"run 'torque-docker uninstall --mom-priv {pbs_home}/mom_priv'" in erase.stderr
-    upgrade = subprocess.run(["sh", "-c", text, "preun", "1"], capture_output=True, text=True, env=env, timeout=30)
-    assert upgrade.returncode == 0
+    upgrade = run_scriptlet(text, "1", env, spool)
+    assert upgrade.returncode == 0, upgrade.stderr
+
+
+@pytest.mark.parametrize("home", ["torque", "pbs"])
+def test_erase_also_looks_in_the_default_pbs_homes(rpm_file, tmp_path, home):
+    """dnf's own PBS_HOME may not be pbs_mom's: the usual homes are searched as well."""
+    text = scriptlet(rpm_file, "PREUN")
+    spool = tmp_path / "spool"
+    (spool / home / "mom_priv").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "mom_priv").mkdir(parents=True)
+    for env in ({"PATH": "/bin:/usr/bin"}, {"PATH": "/bin:/usr/bin", "PBS_HOME": str(elsewhere)}):
+        assert run_scriptlet(text, "0", env, spool).returncode == 0
+    (spool / home / "mom_priv/prologue.parallel").write_text(
+        admin._hook_text(admin.PACKAGE_HOOKS / "prologue.parallel", "/usr/bin/python3"))
+    for env in ({"PATH": "/bin:/usr/bin"}, {"PATH": "/bin:/usr/bin", "PBS_HOME": str(elsewhere)}):
+        erase = run_scriptlet(text, "0", env, spool)
+        assert erase.returncode == 1, erase.stderr
+        assert f"/var/spool/{home}/mom_priv/prologue.parallel still runs torque-docker" in erase.stderr
 
 
 # ----------------------------------------------------------------------------- with the simulated pbs_mom
