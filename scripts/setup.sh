@@ -13,7 +13,7 @@ packages=(
     docker.io openssh-client debootstrap rpm procps iproute2 util-linux
     openmpi-bin libopenmpi-dev mpich
     python3 python3-pip python3-setuptools python3-docker python3-jinja2 python3-filelock python3-cryptography
-    python3-pytest python3-pytest-mock python3-hypothesis python3-matplotlib
+    python3-pytest python3-pytest-mock python3-hypothesis python3-matplotlib python3-pyflakes python3-mypy
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/lint.sh            # a finding fails the run before any test
 exec /usr/bin/python3 -m pytest -p no:cacheprovider "$@"

@@ -21,9 +21,9 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
-from .site import IMAGE, NODES, USER, BenchSite
+from .site import IMAGE, USER, BenchSite
 
 CONFIGS: Dict[str, Dict[str, object]] = {
     "native": {"nodes": [("bnode0", 2)], "other": None, "args": ""},

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from . import config as config_mod
 from . import keys, render
 from .errors import ConfigError, ImageError, TorqueDockerError
-from .sweep import gc, job_of_server, mom_knows  # noqa: F401  (the CLI's gc; tests import them here)
+from .sweep import gc
 
 HOOKS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
 STARTER = "job-starter"

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import keys
 from .config import Config, config_path
@@ -67,7 +67,7 @@ def imports_package(python: str, args: List[str], module: str, uid: Optional[int
         return "has no #! line"
     if not os.access(python, os.X_OK):
         return f"its interpreter {python} is missing or not executable"
-    kwargs = {} if uid is None else dict(user=uid, group=uid, extra_groups=[])
+    kwargs: Dict[str, Any] = {} if uid is None else dict(user=uid, group=uid, extra_groups=[])
     try:
         result = subprocess.run([python, *args, "-c", f"import {module}"], capture_output=True, text=True,
                                 timeout=60, cwd="/", env={"PATH": "/bin:/usr/bin"}, stdin=subprocess.DEVNULL,
@@ -313,8 +313,9 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
 
     wanted = image if image is not None else (cfg.check_image if cfg is not None else "")
     if wanted:
-        if docker_ok:
-            check(f"image {wanted}", lambda: image_problem(cfg, wanted))
+        if docker_ok and cfg is not None:     # docker_ok implies a config
+            site_cfg: Config = cfg
+            check(f"image {wanted}", lambda: image_problem(site_cfg, wanted))
         else:
             results.append((SKIP, f"image {wanted}: needs docker"))
 

@@ -52,7 +52,8 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
     from . import config, lifecycle, torque
     from .log import Log, NULL
 
-    jobid, log, error, cfg = args[1], NULL, None, None
+    jobid, log, cfg = args[1], NULL, None
+    error: Optional[BaseException] = None
     try:
         cfg = config.load()
         log = Log(cfg.log_destination, cfg.node_name())

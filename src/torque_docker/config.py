@@ -17,7 +17,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -275,9 +275,9 @@ def parse_text(text: str, path: str = "<string>") -> Config:
     return Config(values, path, origin)
 
 
-def config_path(environ: Optional[Dict[str, str]] = None) -> str:
-    environ = os.environ if environ is None else environ
-    return environ.get(ENV_VAR) or DEFAULT_PATH
+def config_path(environ: Optional[Mapping[str, str]] = None) -> str:
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    return env.get(ENV_VAR) or DEFAULT_PATH
 
 
 def path_from_pbs_home(pbs_home: str) -> str:

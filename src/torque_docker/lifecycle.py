@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import keys, plan, policy, probe, render, resources
 from .config import Config, resolve_address
-from .errors import ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
+from .errors import ImageError, NodeFault, PolicyError, RequestError, no_sshd
 from .identity import UserInfo, lookup, reachable_dirs
 from .log import Log
 from .request import JobRequest, Mount, parse_resource_list, request_from_resource_list

@@ -10,7 +10,6 @@ import os
 import socket
 import syslog
 import time
-from typing import Optional
 
 from .errors import printable
 

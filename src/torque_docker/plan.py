@@ -5,7 +5,7 @@ a sister plans only its own, from what it can know without a nodefile.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import RequestError
@@ -96,9 +96,9 @@ def local_slot_count(node_index: int, resources: Mapping[str, str], environ: Map
             per_node.extend([ppn] * count)
         if node_index < len(per_node):
             return per_node[node_index]
-    ppn = environ.get("PBS_NUM_PPN", "")
-    if ppn.isdigit() and int(ppn) > 0:
-        return int(ppn)
+    num_ppn = environ.get("PBS_NUM_PPN", "")
+    if num_ppn.isdigit() and int(num_ppn) > 0:
+        return int(num_ppn)
     procs = resources.get("procs", "")
     nodes = environ.get("PBS_NUM_NODES", "")
     if procs.isdigit() and nodes.isdigit() and int(nodes) > 0:

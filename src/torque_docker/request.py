@@ -73,13 +73,13 @@ def is_container_job(resource_list: str) -> bool:
 
 def parse_other(other: str) -> JobRequest:
     """Parse the ``other=`` value. Raises NotOurs when no image is asked for."""
-    pairs: List[Tuple[str, str]] = []
+    pairs: List[Tuple[str, Optional[str]]] = []     # value None: a key without '='
     for part in other.split(";"):
         part = part.strip()
         if not part:
             continue
-        key, sep, value = part.partition("=")
-        pairs.append((key.strip(), value.strip() if sep else None))
+        key, sep, rest = part.partition("=")
+        pairs.append((key.strip(), rest.strip() if sep else None))
     if not any(key == "image" for key, _ in pairs):
         raise NotOurs()
 

@@ -6,9 +6,8 @@ so the rest of the code never sees a docker exception.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -89,7 +88,7 @@ class Runtime:
 
     def pull(self, reference: str, timeout: float) -> str:
         """Pull with a bound: a pull that cannot finish before prologalarm must fail clearly."""
-        result: Dict[str, object] = {}
+        result: Dict[str, Any] = {}
 
         def work() -> None:
             try:

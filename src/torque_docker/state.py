@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -121,8 +120,8 @@ class NodeState:
             for core, jobs in table.items():
                 holders[int(core)] = [j for j in jobs if j != jobid]
             chosen = choose_cores(available, holders, count)
-            for core in chosen:
-                holders.setdefault(core, []).append(jobid)
+            for cpu in chosen:
+                holders.setdefault(cpu, []).append(jobid)
             write_file(path, json.dumps({str(c): j for c, j in sorted(holders.items()) if j}), 0o600)
             return chosen
 

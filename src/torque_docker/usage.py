@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-from .errors import NodeFault, RequestError
+from .errors import RequestError
 from .resources import parse_size
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 import momsim  # noqa: E402
 
 from torque_docker import admin, config, keys  # noqa: E402
-from torque_docker.runtime import L_HOST, L_JOB  # noqa: E402
+from torque_docker.runtime import L_JOB  # noqa: E402
 
 REPO = HERE.parent.parent
 NODES = ["tdnode0", "tdnode1", "tdnode2"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OPENMPI_IMAGE, USER, wait_for
+from conftest import OPENMPI_IMAGE, checkout_python, wait_for
 
-from torque_docker import admin
+from torque_docker import admin, sweep
 from torque_docker.runtime import L_JOB
 
 CLI = "import sys; from torque_docker.cli import main; sys.exit(main())"
@@ -108,7 +108,7 @@ def test_gc_finds_a_job_by_its_port_reservation_alone(make_site, docker_client):
     ("12[3].srv", "srv", True), ("12.srv2", "srv", False), ("12.other", "srv", False), ("12", "srv", False),
 ])
 def test_gc_server_filter(jobid, server, ours):
-    assert admin.job_of_server(jobid, server) is ours
+    assert sweep.job_of_server(jobid, server) is ours
 
 
 # ----------------------------------------------------------------------------- stage

@@ -20,7 +20,6 @@ sleep 3
     jobs = [site.job(script, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}") for _ in range(JOBS)]
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
         results = list(pool.map(site.cluster.run, jobs))
-    ports = set()
     for job, result in zip(jobs, results):
         assert result.exit_status == 0, (job.jobid, result.stdout, result.stderr)
         match = re.search(r"alias=(\S+) answered=(\S+) marker=(\S+)", result.stdout)

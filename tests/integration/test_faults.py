@@ -1,12 +1,10 @@
 """Faults. Each one: the job gets the right outcome and a clear message, and the
 node is left clean (at once, or by the sweep that every prologue and `gc` run)."""
 import io
-import os
 import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import docker
 import pytest

@@ -20,7 +20,6 @@ import stat
 import subprocess
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List

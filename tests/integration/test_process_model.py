@@ -26,7 +26,6 @@ def test_two_by_two_each_rank_in_its_own_container_on_its_own_core(site, docker_
     for alias, cpus, _ in rows:
         by_node.setdefault(alias.rsplit("-", 1)[0], set()).add(cpus)
     assert all(len(cores) == 2 for cores in by_node.values())        # distinct cores on each node
-    nodefile = re.search(r"nodefile: (.*)", result.stdout)
     assert site.leftovers(docker_client, job.jobid) == []
 
 

@@ -3,8 +3,7 @@ naming the file, line and key, or, for keys the parser takes as text, the reason
 `torque-docker check` gives), and an unknown key in every section."""
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 import pytest
 
