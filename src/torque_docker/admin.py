@@ -1,4 +1,4 @@
-"""``torque-docker``: the admin's command (install, uninstall, keygen, fingerprint, check, ps, gc, stage)."""
+"""``torque-docker``: the admin's command on each compute node; its sub-commands are in build_parser()."""
 from __future__ import annotations
 
 import argparse
@@ -228,8 +228,14 @@ def change_limits(cfg: config_mod.Config, jobid: str, *, slot: Optional[int] = N
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="torque-docker", description=__doc__)
+DESCRIPTION = "Run Torque (PBS) jobs in Docker containers: set up and look after this compute node."
+EPILOG = ("'torque-docker COMMAND --help' shows a command's options. Each step is explained in "
+          "docs/admin-guide.md (the RPM installs it under /usr/share/doc/torque-docker/docs/).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; --help is plain text (no reST) and argparse lists every sub-command."""
+    parser = argparse.ArgumentParser(prog="torque-docker", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--config", help=f"config file (default ${config_mod.ENV_VAR} or {config_mod.DEFAULT_PATH})")
     sub = parser.add_subparsers(dest="command", required=True)
     pbs_home = os.environ.get("PBS_HOME", DEFAULT_PBS_HOME)
@@ -270,7 +276,11 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--cpus", type=float, default=None, help="CPU quota in cores, e.g. 1.5")
     p.add_argument("--memory", default=None, help="memory limit, Torque style (2gb, 512mb)")
     p.add_argument("--cpuset", default=None, help="cores, e.g. 2-3")
-    args = parser.parse_args(list(argv))
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
 
     if args.config:
         os.environ[config_mod.ENV_VAR] = args.config
