@@ -59,7 +59,9 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
         log = Log(cfg.log_destination, cfg.node_name())
         ctx = torque.context_from(kind, argv, os.environ)
         if kind.startswith("prologue"):
-            setup = lifecycle.prologue(ctx, cfg, log)
+            from .sweep import hook_running
+            with hook_running(cfg, ctx.jobid):      # no sweep removes the job while it is set up
+                setup = lifecycle.prologue(ctx, cfg, log)
             if ctx.is_ms:
                 print(setup.summary, flush=True)
         else:

@@ -3,22 +3,40 @@
 pbs_mom can purge a job without running its epilogues (an aborted start on the sisters,
 a kill with the sync flag; docs/torque-facts.md), and a prologue killed by $prologalarm leaves
 containers that dockerd keeps running. Every prologue sweeps its node, and admins can run
-``torque-docker gc`` (a systemd timer does every 10 minutes). It never touches a job mom
-knows, nor anything younger than the grace period (a job being set up right now).
+``torque-docker gc`` (a systemd timer does every 10 minutes).
+
+When in doubt, keep. A job is removed only when all of these hold: it is older than the
+grace period; no prologue of it runs on this node right now (a sister's pbs_mom writes
+the job's file only after prologue.parallel); and two reads of pbs_mom's job files, a
+moment apart, both lack its id. The ids come from inside the files (momjobs.py), because
+file names follow the job's file prefix, not its id (array subjobs, long ids, renamed
+prefixes, multi-mom ports). If the files cannot be read, nothing is removed and the
+reason is logged.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
 from . import config as config_mod
+from . import momjobs
+from .errors import NodeFault
+
+RECHECK_PAUSE = 0.5       # seconds between the two reads of the job files before a removal
+HOOK_LOCK_WAIT = 300.0    # a prologue waits at most this long for a sweep tearing down its slot
 
 
 def mom_knows(pbs_home: str, jobid: str) -> bool:
-    """pbs_mom keeps ``mom_priv/jobs/<jobid>.JB`` from the job's arrival to its purge."""
-    jobs = Path(pbs_home) / "mom_priv" / "jobs"
-    return (jobs / f"{jobid}.JB").exists()
+    """Does pbs_mom hold a job file of ``jobid``? True as well when the files cannot be read."""
+    try:
+        return jobid in momjobs.held_jobs(pbs_home)
+    except momjobs.JobFilesUnreadable:
+        return True
 
 
 def job_of_server(jobid: str, server: str) -> bool:
@@ -29,17 +47,74 @@ def job_of_server(jobid: str, server: str) -> bool:
     return suffix == server or suffix.startswith(server + ".") or server.startswith(suffix + ".")
 
 
+# ------------------------------------------------------------------------- running hooks
+def _hook_lock(cfg: config_mod.Config, jobid: str) -> Path:
+    """One of 256 lock files per node (no file per job to clean up). Jobs sharing a file only
+    make the sweep keep one more job for a round."""
+    slot = hashlib.sha256(jobid.encode("utf-8", "surrogateescape")).hexdigest()[:2]
+    return Path(cfg.paths_state_dir) / "locks" / f"hooks-{slot}.lock"
+
+
+def _open_lock(path: Path) -> int:
+    from .state import NodeState, ensure_dir
+    NodeState(str(path.parent.parent)).ensure()
+    ensure_dir(path.parent, 0o755)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+@contextlib.contextmanager
+def hook_running(cfg: config_mod.Config, jobid: str, wait: float = HOOK_LOCK_WAIT) -> Iterator[None]:
+    """Held (shared) while a prologue sets the job up: no sweep removes the job meanwhile.
+
+    A sister's pbs_mom writes the job's file only after prologue.parallel returns
+    (src/resmom/mom_comm.c im_join_job_as_sister), so during set-up the file cannot vouch
+    for the job; and a requeued job may start again here while a sweep removes its last
+    run. A sweep tearing a job down holds the lock exclusively, so the prologue waits.
+    """
+    try:
+        fd = _open_lock(_hook_lock(cfg, jobid))
+    except OSError:
+        yield          # an unusable state dir: the prologue fails on it itself, and says why
+        return
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeFault(f"a sweep has held the lock {_hook_lock(cfg, jobid)} for over {wait:.0f} s",
+                                    "look for a hung 'torque-docker gc' on this node") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim(cfg: config_mod.Config, jobid: str) -> Optional[int]:
+    """The lock of jobid, exclusively, or None when a hook of it (or of a job sharing the slot) runs."""
+    fd = _open_lock(_hook_lock(cfg, jobid))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+# ------------------------------------------------------------------------- the sweep
 def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: str = "", log=None,
        out=None, runtime=None, skip: str = "") -> Dict[str, List[str]]:
     """Remove containers and state of jobs pbs_mom no longer knows. Never touches a known job,
-    nor anything younger than ``grace`` seconds (a job being set up right now).
+    nor anything younger than ``grace`` seconds, nor a job whose prologue runs now.
 
     A job is found through any trace it left on this node: a container labelled with this
     node's name, a job directory in the state dir, or a port reservation. ``server`` limits
     the sweep to job ids of that Torque server (nodes or test sites sharing one Docker daemon
     under the same node names must not judge each other's jobs).
     """
-    from . import lifecycle
+    from . import lifecycle      # lazily: lifecycle imports this module for its sweep
     from .runtime import L_JOB
     from .state import NodeState
 
@@ -59,11 +134,33 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
     for reservation in state.reserved_ports().values():
         seen(str(reservation.get("job", "")), float(reservation.get("time", 0)))
     report: Dict[str, List[str]] = {"removed": [], "kept": [], "errors": []}
-    for jobid, created in sorted(candidates.items()):
-        if jobid == skip or mom_knows(pbs_home, jobid) or now - created < grace:
+    due = sorted(j for j, created in candidates.items() if j != skip and now - created >= grace)
+    gone: List[str] = []
+    if due:
+        try:
+            held = momjobs.held_jobs(pbs_home)
+            gone = [j for j in due if j not in held]
+            if gone:      # a second read, a moment later: a listing can miss a file being renamed
+                time.sleep(RECHECK_PAUSE)
+                held = momjobs.held_jobs(pbs_home)
+                gone = [j for j in gone if j not in held]
+        except momjobs.JobFilesUnreadable as exc:
+            message = f"gc: kept every job ({len(due)} due): {exc}"
+            report["errors"].append(message)
+            if log is not None:
+                log.warning("", message)
+            if out is not None:
+                print(message, file=out)
+            gone = []
+    for jobid in sorted(candidates):
+        claim = _claim(cfg, jobid) if jobid in gone else None
+        if claim is None:
             report["kept"].append(jobid)
             continue
-        result = lifecycle.teardown(cfg, jobid, runtime=runtime, log=log)
+        try:
+            result = lifecycle.teardown(cfg, jobid, runtime=runtime, log=log)
+        finally:
+            os.close(claim)
         report["removed"].append(jobid)
         report["errors"] += [f"{jobid}: {e}" for e in result.errors]
         if log is not None:
@@ -73,8 +170,6 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
             print(f"gc: job {jobid}: removed {result.removed} container(s)"
                   + (f"; errors: {'; '.join(result.errors)}" if result.errors else ""), file=out)
     return report
-
-
 
 
 def server_of(jobid: str) -> str:
