@@ -12,9 +12,9 @@ faithful, a comment says so, starting with "NOT FAITHFUL".
 
 Life of one ``Cluster.run(job)`` (facts: "Which scripts run, where, as whom, when"):
 
-1. MS receives the job: ``mom_priv/jobs/<jobid>.JB`` and ``.SC`` (script, user, 0500).
-2. Join: every sister creates its ``.JB`` and runs ``prologue.parallel`` (root) then
-   ``prologue.user.parallel`` (user); sisters run concurrently, MS waits for all of them.
+1. MS receives the job: ``mom_priv/jobs/<prefix>.JB`` and ``.SC`` (script, user, 0500).
+2. Join: every sister runs ``prologue.parallel`` (root) then ``prologue.user.parallel``
+   (user), and only then writes its ``.JB``; sisters run concurrently, MS waits for all.
    Any non-zero on a sister -> that node DOWN, the job is requeued, the other sisters purge
    without epilogues, the MS prologue never runs.
 3. MS: nodefile ``aux/<jobid>`` (root, 0644), spool ``.OU``/``.ER`` opened, then
@@ -27,6 +27,13 @@ Life of one ``Cluster.run(job)`` (facts: "Which scripts run, where, as whom, whe
    then ``epilogue`` (catch_child.c run_epilogues: the user script first on both).
 6. Output copied to ``<workdir>/<name>.o<seq>`` / ``.e<seq>`` (unless aborted by a prologue
    exit 1), spool files removed, nodefile and job files purged.
+
+Job files are named after the job's FILE PREFIX, never its id (``file_prefix()``): the id
+cut to 61 characters, changed by the server when that name is taken
+(``stale_server_file()``); ``N-i.server`` for array subjob ``N[i].server``
+(``new_array()``); a multi-mom node (``multi_mom={"node": port}``) appends its port.  The
+``.JB`` is XML as Torque 6 writes it (``job_file_xml()``) and is rewritten through a
+``.JC`` copy for as long as the job runs (``rewrite_interval``).
 
 A requeued job is NOT started again (real Torque restarts it at once, forever: facts
 "Exit codes"); ``JobResult.state == "Q"`` tells the caller it would be.
@@ -195,10 +202,16 @@ class _Ctx:
     np: int
     workdir: str
     server: str
+    prefix: str = ""         # the job's file prefix (server's choice, see file_prefix())
+    jobname: str = ""        # Job_Name as mom has it (an array subjob's carries "-<index>")
+    exec_host: str = ""
     session_id: int = 0
     exit_status: int = 0
     resc_used: str = ""
     has_nodefile: bool = False
+    substate: int = 40       # JOB_SUBSTATE_PRERUN until the batch script starts
+    holding: set = field(default_factory=set)   # nodes whose mom holds the job (its .JB)
+    files_lock: threading.Lock = field(default_factory=threading.Lock)
     log: list = field(default_factory=list)
 
 
@@ -266,6 +279,121 @@ def resource_list_string(entries: list, buflen: int = RESC_BUF) -> str:
         out.append(f"{name}={value}")
         buflen -= need
     return ",".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# Job file names and contents (facts: "GPUs and the job file"; Torque 6.1 source)
+# --------------------------------------------------------------------------------------
+
+PBS_JOBBASE = 61          # src/include/server_limits.h: a file prefix is at most 61 characters
+JOB_FILE, JOB_FILE_COPY, JOB_SCRIPT, JOB_TASKS = ".JB", ".JC", ".SC", ".TK"   # pbs_job.h
+PBS_QS_VERSION = 0x00020302                 # src/include/pbs_ifl.h, written as <version>
+JOB_STATE_RUNNING, JOB_SUBSTATE_PRERUN, JOB_SUBSTATE_RUNNING = 4, 40, 42
+JOB_UNION_TYPE_MOM = 3
+
+
+def array_parts(jobid: str) -> Optional[tuple[str, int, str]]:
+    """``52[1].vm`` -> ("52", 1, "vm"); None for a job that is not an array subjob."""
+    head, dot, host = jobid.partition(".")
+    if not head.endswith("]") or "[" not in head:
+        return None
+    seq, index = head[:-1].split("[", 1)
+    if not seq.isdigit() or not index.isdigit():
+        return None
+    return seq, int(index), host if dot else ""
+
+
+def _bump(prefix: str) -> str:
+    """determine_job_file_name(): ``(*pc)++`` on the last printable character, where
+    pc walks back over characters that are not printable (a bumped '~' becomes DEL)."""
+    chars = list(prefix)
+    i = len(chars) - 1
+    while i > 0 and not (32 <= ord(chars[i]) < 127):
+        i -= 1
+    if i <= 0 and not (32 <= ord(chars[0]) < 127):
+        raise ValueError(f"job file {prefix!r} corrupt (PBSE_JOB_FILE_CORRUPT)")
+    chars[i] = chr(ord(chars[i]) + 1)
+    return "".join(chars)
+
+
+def file_prefix(jobid: str, taken) -> str:
+    """The job's file prefix as the server makes it; ``taken`` holds the names already in
+    server_priv/jobs.  A job: its id cut to 61 characters, bumped while taken
+    (src/server/req_quejob.c determine_job_file_name).  An array subjob ``N[i].host``:
+    ``N-i.host`` cut to 61, never bumped: when taken the server does not create the
+    subjob (src/server/job_func.c job_clone returns 1), and neither do we."""
+    parts = array_parts(jobid)
+    if parts is not None:
+        seq, index, host = parts
+        prefix = (f"{seq}-{index}.{host}" if host else f"{seq}-{index}")[:PBS_JOBBASE]
+        if prefix in taken:
+            raise ValueError(f"the server would not create subjob {jobid}: {prefix}.JB exists")
+        return prefix
+    prefix = jobid[:PBS_JOBBASE]
+    while prefix in taken:
+        prefix = _bump(prefix)
+    return prefix
+
+
+def default_output_name(name: str, jobid: str, key: str) -> str:
+    """``STDIN.o52`` / ``STDIN.o52-1`` (src/server/svr_jobfunc.c default_std), built from the
+    array's name: job_clone then appends ``-<index>`` to the job name and both paths."""
+    seq = str(int("0" + "".join(ch for ch in jobid.split(".", 1)[0].split("[", 1)[0] if ch.isdigit())))
+    parts = array_parts(jobid)
+    return f"{name}.{key}{seq}" + (f"-{parts[1]}" if parts else "")
+
+
+def _xml_text(value: str) -> str:
+    """Element text as libxml2 writes it: ``& < >`` as entities, control characters as
+    character references (which XML 1.0 parsers refuse: the reader must not care)."""
+    out = []
+    for ch in str(value):
+        if ch == "&":
+            out.append("&amp;")
+        elif ch == "<":
+            out.append("&lt;")
+        elif ch == ">":
+            out.append("&gt;")
+        elif ord(ch) < 32 and ch not in "\t\n":
+            out.append(f"&#{ord(ch)};")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def job_file_xml(jobid: str, prefix: str, *, substate: int, user: str, group: str, uid: int, gid: int,
+                 jobname: str, queue: str, server: str, exec_host: str, resources: list,
+                 variables: dict, nodeid: int, mtime: int) -> str:
+    """A .JB as pbs_mom 6.1 writes it: src/server/job_recov.c saveJobToXML (built into
+    pbs_mom): add_fix_fields, add_union_fields (the MOM record type), add_attributes,
+    add_mom_fields; xmlSaveFormatFileEnc indents by two spaces."""
+    fix = [("version", PBS_QS_VERSION), ("state", JOB_STATE_RUNNING), ("substate", substate),
+           ("server_flags", 0), ("start_time", mtime), ("jobid", jobid), ("fileprefix", prefix),
+           ("queue", queue), ("destination_queue", ""), ("record_type", JOB_UNION_TYPE_MOM),
+           ("svr_addr", 2130706433), ("exit_status", 0), ("execution_uid", uid), ("execution_gid", gid)]
+    lines = ['<?xml version="1.0"?>', "<job>"]
+    for tag, value in fix:
+        lines.append(f"  <{tag}>{_xml_text(value)}</{tag}>" if value != "" else f"  <{tag}/>")
+    lines.append("  <attributes>")
+    attributes = [("Job_Name", jobname), ("Job_Owner", f"{user}@{server}"), ("job_state", "R"),
+                  ("queue", queue), ("server", server), ("exec_host", exec_host), ("mtime", mtime),
+                  ("euser", user), ("egroup", group), ("hashname", prefix)]
+    parts = array_parts(jobid)
+    if parts:
+        attributes.append(("job_array_id", parts[1]))
+    for tag, value in attributes:
+        lines.append(f'    <{tag} flags="1">{_xml_text(value)}</{tag}>')
+    lines.append("    <Resource_List>")
+    for name, value in resources:
+        lines.append(f'      <{name} flags="1">{_xml_text(value)}</{name}>')
+    lines.append("    </Resource_List>")
+    listed = ",".join(f"{k}={v}" for k, v in variables.items())
+    lines.append(f'    <Variable_List flags="1">{_xml_text(listed)}</Variable_List>')
+    lines.append("  </attributes>")
+    for tag, value in (("socket_stdout", -1), ("socket_stderr", -1), ("taskid", 1), ("nodeid", nodeid)):
+        lines.append(f"  <{tag}>{value}</{tag}>")
+    lines.append("</job>")
+    return "\n".join(lines) + "\n"
 
 
 def parse_walltime(value: str) -> int:
@@ -419,7 +547,9 @@ class Cluster:
                  job_starter: str | None = None,
                  pbs_environment_extra: dict[str, dict[str, str]] | None = None,
                  server: str = "simserver",
-                 max_job_seconds: float = 600.0) -> None:
+                 max_job_seconds: float = 600.0,
+                 multi_mom: dict[str, int] | None = None,
+                 rewrite_interval: float = 0.02) -> None:
         if os.geteuid() != 0:
             raise PermissionError("the mom simulator must run as root (like pbs_mom)")
         if len(set(node_names)) != len(node_names) or not node_names:
@@ -431,6 +561,17 @@ class Cluster:
         self.addresses = node_addresses(self.node_names)
         self._jobseq = 100
         self._lock = threading.Lock()
+        # pbs_mom -m: the node's files carry its port (pbs_rm_port) after the prefix.
+        self.multi_mom = dict(multi_mom or {})
+        # How often a running job's .JB is rewritten (0: never).  NOT FAITHFUL (on
+        # purpose): pbs_mom rewrites it on every change of the job (src/resmom/mom_comm.c,
+        # requests.c, start_exec.c call job_save), far less often than this; and the
+        # simulator pauses inside the write and between unlink and link, so a reader that
+        # trips on a half-written .JC or on the moment without a .JB is caught by tests.
+        self.rewrite_interval = rewrite_interval
+        self.server_files: set[str] = set()    # names in server_priv/jobs (file prefixes)
+        self._prefixes: dict[str, str] = {}    # job id -> its file prefix
+        self._held: dict[str, set[str]] = {n: set() for n in node_names}
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         # Every directory from / down must be traversable by the job user (user scripts,
@@ -481,12 +622,47 @@ class Cluster:
     def nodefile(self, node: str, jobid: str) -> Path:
         return self.pbs_home(node) / "aux" / jobid
 
-    def job_file(self, node: str, jobid: str, suffix: str = ".JB") -> Path:
-        return self.mom_priv(node) / "jobs" / f"{jobid}{suffix}"
+    def file_prefix(self, jobid: str) -> str:
+        """The job's file prefix, chosen by the server when the job is created (new_jobid,
+        new_array) or, for a job id made elsewhere, when it is first run."""
+        with self._lock:
+            if jobid not in self._prefixes:
+                prefix = file_prefix(jobid, self.server_files)
+                self.server_files.add(prefix)
+                self._prefixes[jobid] = prefix
+            return self._prefixes[jobid]
+
+    def stale_server_file(self, prefix: str) -> None:
+        """A file of that name is left in server_priv/jobs: the next job whose id (cut to 61
+        characters) is that name gets another prefix (file_prefix())."""
+        with self._lock:
+            self.server_files.add(prefix)
+
+    def job_file(self, node: str, jobid: str, suffix: str = JOB_FILE) -> Path:
+        """``mom_priv/jobs/<prefix>[<port>]<suffix>`` (src/server/job_recov.c job_save,
+        src/resmom/mom_req_quejob.c for the .SC, mom_comm.c for the .TK)."""
+        port = self.multi_mom.get(node)
+        return self.mom_priv(node) / "jobs" / f"{self.file_prefix(jobid)}{port or ''}{suffix}"
 
     def mom_knows(self, node: str, jobid: str) -> bool:
-        """What a garbage collector asks: does this node's mom still hold the job?"""
-        return self.job_file(node, jobid).exists()
+        """Does this node's mom hold the job (from its arrival to its purge)?  Asked of the
+        simulator's memory: while pbs_mom rewrites the .JB there are moments without one."""
+        with self._lock:
+            return jobid in self._held[node]
+
+    def job_ids_on_disk(self, node: str) -> set[str]:
+        """The ids in a node's job files, read as pbs_mom would recover them (<jobid> of each
+        .JB, or of a complete .JC during a rewrite).  Tests use it for leak checks."""
+        out = set()
+        jobs = self.mom_priv(node) / "jobs"
+        for path in sorted(jobs.glob("*.JB")) + sorted(jobs.glob("*.JC")):
+            try:
+                text = path.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            if text.rstrip().endswith("</job>") and "<jobid>" in text:
+                out.add(text.split("<jobid>", 1)[1].split("</jobid>", 1)[0])
+        return out
 
     def hooks_log(self, node: str) -> Path:
         return self.pbs_home(node) / "mom_logs" / "hooks.log"
@@ -544,10 +720,32 @@ class Cluster:
         if dest.is_symlink() or dest.exists():
             dest.unlink()
 
-    def new_jobid(self) -> str:
+    def new_jobid(self, server: Optional[str] = None) -> str:
+        """qsub: the next ``N.server`` (``server`` may be longer, e.g. a domain name)."""
         with self._lock:
             self._jobseq += 1
-            return f"{self._jobseq}.{self.server}"
+            jobid = f"{self._jobseq}.{server or self.server}"
+        self.file_prefix(jobid)
+        return jobid
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next new_jobid() or new_array() will use."""
+        with self._lock:
+            return self._jobseq + 1
+
+    def new_array(self, indices, server: Optional[str] = None) -> list[str]:
+        """qsub -t: the subjob ids ``N[i].server`` of one new array, in the order given."""
+        indices = [int(i) for i in indices]
+        if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
+            raise ValueError("array indices must be distinct and >= 0")
+        with self._lock:
+            self._jobseq += 1
+            seq = self._jobseq
+        jobids = [f"{seq}[{i}].{server or self.server}" for i in indices]
+        for jobid in jobids:
+            self.file_prefix(jobid)
+        return jobids
 
     # ---- one job --------------------------------------------------------------------
 
@@ -599,6 +797,10 @@ class Cluster:
             np=sum(p for _, p in nodes),
             workdir=job.workdir or pw.pw_dir,
             server=job.jobid.split(".", 1)[1] if "." in job.jobid else self.server,
+            prefix=self.file_prefix(job.jobid),
+            # job_clone (src/server/job_func.c) names a subjob "<name>-<index>".
+            jobname=f"{job.name}-{array_parts(job.jobid)[1]}" if array_parts(job.jobid) else job.name,
+            exec_host="+".join(f"{n}/0-{p - 1}" if p > 1 else f"{n}/0" for n, p in nodes),
         )
 
     def _log(self, ctx: _Ctx, node: str, text: str) -> None:
@@ -612,8 +814,10 @@ class Cluster:
             pass
 
     def spool_paths(self, jobid: str, node: str | None = None) -> tuple[Path, Path]:
+        """``spool/<prefix>.OU`` / ``.ER`` (src/resmom/start_exec.c std_file_name: no port)."""
         spool = self.pbs_home(node or self.node_names[0]) / "spool"
-        return spool / f"{jobid}.OU", spool / f"{jobid}.ER"
+        prefix = self.file_prefix(jobid)
+        return spool / f"{prefix}.OU", spool / f"{prefix}.ER"
 
     def _open_std_files(self, ctx: _Ctx) -> None:
         """Create the job's spool .OU/.ER (owned by the user, 0600), as open_std_file()."""
@@ -622,42 +826,104 @@ class Cluster:
             os.fchown(fd, ctx.pw.pw_uid, ctx.pw.pw_gid)
             os.close(fd)
 
-    def _write_job_files(self, ctx: _Ctx, node: str) -> None:
-        # NOT FAITHFUL: real .JB is a binary job struct; here a small text file.  Its
-        # existence is what matters ("does mom know this job?").
-        jb = self.job_file(node, ctx.job.jobid)
-        text = (f"# momsim job file (real pbs_mom: binary)\njobid={ctx.job.jobid}\n"
-                f"user={ctx.pw.pw_name}\nms={ctx.ms}\n"
-                f"nodes={'+'.join(f'{n}:{p}' for n, p in ctx.job.nodes)}\n")
-        self._write_root_file(jb, text, 0o600)
-
-    def _purge(self, ctx: _Ctx, node: str) -> None:
-        """mom job purge: job files and (MS) nodefile.  Spool files are not touched here."""
-        for suffix in (".JB", ".SC"):
-            try:
-                self.job_file(node, ctx.job.jobid, suffix).unlink()
-            except FileNotFoundError:
-                pass
+    def _job_save(self, ctx: _Ctx, node: str, pause: float = 0.0) -> None:
+        """job_save() (src/server/job_recov.c): the new XML into ``<prefix>.JC``, unlink the
+        ``.JB``, link the ``.JC`` to it, unlink the ``.JC``.  Root, 0644 (facts)."""
+        j = ctx.job
+        variables = {"PBS_O_QUEUE": j.queue, "PBS_O_HOME": ctx.pw.pw_dir, "PBS_O_WORKDIR": ctx.workdir,
+                     "PBS_O_HOST": j.submit_host or ctx.server, "PBS_O_SERVER": ctx.server}
+        variables.update({str(k): str(v) for k, v in j.variables.items()})
+        parts = array_parts(j.jobid)
+        if parts:
+            variables["PBS_ARRAYID"] = str(parts[1])
+        text = job_file_xml(
+            j.jobid, ctx.prefix, substate=ctx.substate, user=ctx.pw.pw_name, group=ctx.group,
+            uid=ctx.pw.pw_uid, gid=ctx.pw.pw_gid, jobname=ctx.jobname, queue=j.queue, server=ctx.server,
+            exec_host=ctx.exec_host, resources=[tuple(e.split("=", 1)) for e in ctx.resc_list.split(",") if "=" in e],
+            variables=variables, nodeid=0 if node == ctx.ms else ctx.sisters.index(node) + 1,
+            mtime=int(time.time())).encode()
+        jb, jc = self.job_file(node, j.jobid), self.job_file(node, j.jobid, JOB_FILE_COPY)
+        fd = os.open(jc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            self.nodefile(node, ctx.job.jobid).unlink()
+            os.fchmod(fd, 0o644)
+            half = len(text) // 2
+            os.write(fd, text[:half])
+            if pause:
+                time.sleep(pause)
+            os.write(fd, text[half:])
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(jb)
         except FileNotFoundError:
             pass
+        if pause:
+            time.sleep(pause)
+        os.link(jc, jb)
+        os.unlink(jc)
+
+    def _hold(self, ctx: _Ctx, node: str) -> None:
+        """The job arrives on a node's mom: its .JB appears and is kept up to date."""
+        with ctx.files_lock:
+            self._job_save(ctx, node)
+            ctx.holding.add(node)
+        with self._lock:
+            self._held[node].add(ctx.job.jobid)
+
+    def _rewrite_while_held(self, ctx: _Ctx, stop: threading.Event) -> None:
+        """Keep rewriting the job's .JB on every node holding it (see rewrite_interval)."""
+        while not stop.wait(self.rewrite_interval):
+            with ctx.files_lock:
+                for node in sorted(ctx.holding):
+                    self._job_save(ctx, node, pause=0.002)
+
+    def _purge(self, ctx: _Ctx, node: str) -> None:
+        """mom_job_purge (src/resmom/mom_job_func.c): nodefile, .SC, .TK, then the .JB.
+        Spool files are not touched here."""
+        with ctx.files_lock:
+            ctx.holding.discard(node)
+            paths = [self.nodefile(node, ctx.job.jobid)] + [
+                self.job_file(node, ctx.job.jobid, suffix)
+                for suffix in (JOB_SCRIPT, JOB_TASKS, JOB_FILE_COPY, JOB_FILE)]
+            for path in paths:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+        with self._lock:
+            self._held[node].discard(ctx.job.jobid)
         self._log(ctx, node, "job purged")
 
     def run(self, job: Job) -> JobResult:
         ctx = self._context(job)
+        stop = threading.Event()
+        rewriter = threading.Thread(target=self._rewrite_while_held, args=(ctx, stop), daemon=True)
+        if self.rewrite_interval > 0:
+            rewriter.start()
+        try:
+            return self._run(ctx)
+        finally:
+            stop.set()
+            if rewriter.is_alive():
+                rewriter.join()
+            # The server purges the job; its file name is free again.
+            with self._lock:
+                self.server_files.discard(ctx.prefix)
+
+    def _run(self, ctx: _Ctx) -> JobResult:
+        job = ctx.job
         jobid = job.jobid
         ms = ctx.ms
         runs: list[HookRun] = []
         down: list[str] = []
         ou, er = self.spool_paths(jobid, ms)
-        exec_host = "+".join(f"{n}/0-{p - 1}" if p > 1 else f"{n}/0" for n, p in job.nodes)
+        exec_host = ctx.exec_host
         sim_timed_out = False
 
         # 1. MS receives the job: .JB and the script .SC (user, 0500: the user's shell
-        #    executes it).
-        self._write_job_files(ctx, ms)
-        sc = self.job_file(ms, jobid, ".SC")
+        #    executes it).  Both are named after the job's file prefix.
+        self._hold(ctx, ms)
+        sc = self.job_file(ms, jobid, JOB_SCRIPT)
         sc.write_text(job.script)
         os.chown(sc, ctx.pw.pw_uid, ctx.pw.pw_gid)
         os.chmod(sc, 0o500)
@@ -667,14 +933,17 @@ class Cluster:
         #    concurrently (each sister mom blocks on its own), MS waits for all (facts:
         #    "Every sister's prologue.parallel has FINISHED before the MS prologue").
         def join(node: str) -> list[HookRun]:
-            self._write_job_files(ctx, node)
             out = []
             for hook in ("prologue.parallel", "prologue.user.parallel"):
                 r = self._run_pelog(ctx, node, hook, io="log")
                 if r is not None:
                     out.append(r)
                     if r.rc != 0:
-                        break
+                        return out
+            # Facts "GPUs and the job file": a sister's .JB appears only after its
+            # prologues (src/resmom/mom_comm.c im_join_job_as_sister: job_save after
+            # run_prologue_scripts).
+            self._hold(ctx, node)
             return out
 
         joined = self._on_sisters(ctx.sisters, join)
@@ -726,9 +995,12 @@ class Cluster:
                 for node in ctx.sisters:
                     self._purge(ctx, node)
             else:
-                # 4. The batch script.
+                # 4. The batch script.  Its top task is saved in the .TK (task_save,
+                #    src/resmom/mom_comm.c).
                 started = True
                 state = "C"
+                ctx.substate = JOB_SUBSTATE_RUNNING
+                self._write_root_file(self.job_file(ms, jobid, JOB_TASKS), "", 0o600)
                 sim_timed_out = self._run_batch(ctx, runs)
                 # 5a. Sisters: epilogue.user.parallel then epilogue.parallel, then purge.
                 def finish(node: str) -> list[HookRun]:
@@ -831,8 +1103,8 @@ class Cluster:
     def _pelog_argv(self, ctx: _Ctx, node: str, hook: str, path: str) -> list:
         """setup_pelog_arguments() + the 6.1 script-path argument (facts "Arguments")."""
         j = ctx.job
-        argv = [path, j.jobid, ctx.pw.pw_name, ctx.group, j.name]
-        script = str(self.job_file(ctx.ms, j.jobid, ".SC"))
+        argv = [path, j.jobid, ctx.pw.pw_name, ctx.group, ctx.jobname]
+        script = str(self.job_file(ctx.ms, j.jobid, JOB_SCRIPT))
         if hook.startswith("epilogue"):
             argv += [str(ctx.session_id) if node == ctx.ms else "0",
                      ctx.resc_list, ctx.resc_used, j.queue, j.account,
@@ -1018,10 +1290,13 @@ class Cluster:
         j, pw = ctx.job, ctx.pw
         nn, ppn = torque_num_nodes_ppn(ctx.nodes_spec)
         env = {str(k): str(v) for k, v in j.variables.items()}   # qsub -v
+        if array_parts(j.jobid):
+            # job_clone adds PBS_ARRAYID to the subjob's Variable_List.
+            env["PBS_ARRAYID"] = str(array_parts(j.jobid)[1])
         # mom's own variables win over -v values of the same name.
         env.update({
             "PBS_JOBID": j.jobid,
-            "PBS_JOBNAME": j.name,
+            "PBS_JOBNAME": ctx.jobname,
             "PBS_NODEFILE": str(self.nodefile(ctx.ms, j.jobid)),
             "PBS_O_WORKDIR": ctx.workdir,
             "PBS_O_HOME": pw.pw_dir,
@@ -1054,7 +1329,7 @@ class Cluster:
         j, pw = ctx.job, ctx.pw
         ms = ctx.ms
         shell = pw.pw_shell or "/bin/sh"
-        sc = self.job_file(ms, j.jobid, ".SC")
+        sc = self.job_file(ms, j.jobid, JOB_SCRIPT)
         # Default build (facts "$job_starter"): stdin is a pipe holding the script path
         # and the -F arguments.
         stdin_text = " ".join([str(sc)] + [shlex.quote(str(a)) for a in j.args]) + "\n"
@@ -1176,11 +1451,11 @@ class Cluster:
         the destination, else scp to PBS_O_HOST; and on failure it moves the files to
         $PBS_HOME/undelivered (here they stay in spool and delivered is False)."""
         j, pw = ctx.job, ctx.pw
-        seq = j.jobid.split(".", 1)[0]
         ou, er = self.spool_paths(j.jobid, ctx.ms)
         if not ou.exists() and not er.exists():
             return False, None
-        dests = (Path(ctx.workdir) / f"{j.name}.o{seq}", Path(ctx.workdir) / f"{j.name}.e{seq}")
+        dests = (Path(ctx.workdir) / default_output_name(j.name, j.jobid, "o"),
+                 Path(ctx.workdir) / default_output_name(j.name, j.jobid, "e"))
         ok = True
         for src, dst in zip((ou, er), dests):
             if not src.exists():

@@ -12,6 +12,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +70,12 @@ pwd > "$d/cwd"
 umask > "$d/umask"
 /usr/bin/id -u > "$d/uid"
 echo "{node}:{name}" >> {self.out}/order
-[ -f "{jobs}/$1.JB" ] && echo yes > "$d/jb"
+# Does this node's mom hold job $1? Its id is inside a .JB (or a complete .JC while the
+# .JB is rewritten); a file may vanish between the glob and the read, so look again.
+for i in 1 2 3 4 5; do
+  cat {jobs}/*.JB {jobs}/*.JC 2>/dev/null | grep -q -F -x "  <jobid>$1</jobid>" && {{ echo yes > "$d/jb"; break; }}
+  sleep 0.01
+done
 if [ -n "$PBS_NODEFILE" ] && [ -f "$PBS_NODEFILE" ]; then
   cat "$PBS_NODEFILE" > "$d/nodefile"; /usr/bin/stat -c '%a %U' "$PBS_NODEFILE" > "$d/nodefile_mode"
 fi
@@ -294,7 +300,9 @@ def test_two_node_job_order_argv_env(sim):
         assert d.text("cwd") == str(c.mom_priv(node))
         assert d.text("umask") == "0077"
         assert d.text("uid") == "0"
-        assert d.text("jb") == "yes"   # mom knows the job on that node during its hooks
+        # The job's file is there during its hooks, except on a sister during
+        # prologue.parallel: pbs_mom saves it after the join's prologues.
+        assert d.text("jb") == ("" if name == "prologue.parallel" else "yes"), (node, name)
 
     # Nodefile: written before the prologue, 0644 root, one line per slot; gone after.
     assert pro.text("nodefile").split() == ["tdnode0"] * 2 + ["tdnode1"] * 2
@@ -592,3 +600,137 @@ def test_epilogue_exit_code_ignored(sim):
     r = sim.cluster.run(sim.job([("tdnode0", 1), ("tdnode1", 1)]))
     assert (r.state, r.exit_status, r.delivered, r.down_nodes) == ("C", 0, True, [])
     assert r.runs("epilogue")[0].rc == 7
+
+
+# ------------------------------------------------------ job files: prefixes, arrays, multi-mom
+# The product's reader (src/torque_docker/momjobs.py) reads what the simulator writes: the
+# simulator's files must be what pbs_mom writes, or the product's tests prove nothing.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from torque_docker import momjobs  # noqa: E402
+
+
+def test_file_prefix_rules():
+    f = momsim.file_prefix
+    assert f("52.vm", set()) == "52.vm"
+    assert f("52[1].vm", set()) == "52-1.vm"                    # job_clone
+    assert f("52[17]", set()) == "52-17"
+    long_id = "123." + "n" * 70
+    assert f(long_id, set()) == long_id[:61] and len(f(long_id, set())) == momsim.PBS_JOBBASE
+    assert f("52[1]." + "n" * 70, set()) == ("52-1." + "n" * 70)[:61]
+    # determine_job_file_name bumps the last printable character while the name is taken.
+    assert f("52.vm", {"52.vm"}) == "52.vn"
+    assert f("52.vm", {"52.vm", "52.vn"}) == "52.vo"
+    assert f("52.v~", {"52.v~"}) == "52.v\x7f"                 # '~' + 1 is DEL ...
+    assert f("52.v~", {"52.v~", "52.v\x7f"}) == "52.w\x7f"     # ... which is skipped next time
+    with pytest.raises(ValueError, match="would not create subjob"):
+        f("52[1].vm", {"52-1.vm"})
+    assert momsim.array_parts("52[1].vm") == ("52", 1, "vm")
+    assert momsim.array_parts("52.vm") is None and momsim.array_parts("52[].vm") is None
+    assert momsim.default_output_name("STDIN", "52[3].vm", "o") == "STDIN.o52-3"
+    assert momsim.default_output_name("run", "52.vm", "e") == "run.e52"
+
+
+def test_job_file_xml_is_what_torque_writes_and_the_product_reads():
+    text = momsim.job_file_xml("52[1].vm", "52-1.vm", substate=42, user="u", group="g", uid=1, gid=2,
+                               jobname="STDIN-1", queue="batch", server="vm", exec_host="n0/0",
+                               resources=[("nodes", "1"), ("other", "image=x;model=node")],
+                               variables={"A": "1&<2>", "ESC": "\x1b[1m"}, nodeid=0, mtime=5)
+    assert text.startswith('<?xml version="1.0"?>\n<job>\n  <version>131842</version>\n')
+    assert "  <jobid>52[1].vm</jobid>\n  <fileprefix>52-1.vm</fileprefix>\n" in text
+    assert "A=1&amp;&lt;2&gt;,ESC=&#27;[1m" in text and '<job_array_id flags="1">1</job_array_id>' in text
+    assert momjobs.parse_job_file(text.encode()) == momjobs.JobFile("52[1].vm", "52-1.vm")
+
+
+def test_array_subjob_files_arguments_and_output(sim):
+    """qsub -t 1-2 on two nodes: every file is named after the prefix N-i.server, the
+    hooks and the job see the id N[i].server, the job name gets -i, the output N-i."""
+    c = sim.cluster
+    for node, name in (("tdnode0", "prologue"), ("tdnode1", "prologue.parallel"), ("tdnode0", "epilogue")):
+        sim.hook(node, name, extra=f"ls {c.mom_priv(node) / 'jobs'} > \"$d/jobs\"")
+    first, second = c.new_array([1, 2])
+    seq = first.split("[")[0]
+    assert (first, second) == (f"{seq}[1].simserver", f"{seq}[2].simserver")
+    job = sim.job([("tdnode0", 1), ("tdnode1", 1)], "#!/bin/bash\necho id=$PBS_JOBID name=$PBS_JOBNAME "
+                  "array=$PBS_ARRAYID\n")
+    job.jobid = first
+    r = c.run(job)
+    assert (r.state, r.exit_status) == ("C", 0)
+    prefix = f"{seq}-1.simserver"
+    pro = sim.dump("tdnode0", "prologue")
+    assert pro.argv[1] == first and pro.argv[4] == "STDIN-1"
+    assert pro.argv[8] == str(c.mom_priv("tdnode0") / "jobs" / f"{prefix}.SC")
+    assert pro.env["PBS_NODEFILE"] == str(c.pbs_home("tdnode0") / "aux" / first)   # aux/<jobid>
+    assert {f"{prefix}.JB", f"{prefix}.SC"} <= set(pro.text("jobs").split())
+    assert sim.dump("tdnode0", "prologue").text("jb") == "yes"
+    assert f"{prefix}.JB" in sim.dump("tdnode0", "epilogue").text("jobs").split()
+    assert f"{prefix}.TK" in sim.dump("tdnode0", "epilogue").text("jobs").split()
+    assert sim.dump("tdnode1", "prologue.parallel").text("jobs") == ""          # not yet
+    assert r.stdout.split() == [f"id={first}", "name=STDIN-1", "array=1"]
+    assert r.output_paths[0] == sim.wd / f"STDIN.o{seq}-1"
+    assert all(not any((c.mom_priv(n) / "jobs").iterdir()) for n in ("tdnode0", "tdnode1"))
+
+
+def test_multi_mom_node_appends_its_port(make_sim):
+    s = make_sim(multi_mom={"tdnode0": 15003})
+    c = s.cluster
+    s.hook("tdnode0", "prologue", extra=f"ls {c.mom_priv('tdnode0') / 'jobs'} > \"$d/jobs\"")
+    s.hook("tdnode1", "epilogue.parallel", extra=f"ls {c.mom_priv('tdnode1') / 'jobs'} > \"$d/jobs\"")
+    (jobid,) = c.new_array([4])
+    job = s.job([("tdnode0", 1), ("tdnode1", 1)])
+    job.jobid = jobid
+    assert c.run(job).exit_status == 0
+    prefix = c.file_prefix(jobid)
+    assert set(s.dump("tdnode0", "prologue").text("jobs").split()) == {f"{prefix}15003.JB", f"{prefix}15003.SC"}
+    assert s.dump("tdnode1", "epilogue.parallel").text("jobs") == f"{prefix}.JB"   # an ordinary mom
+    assert s.dump("tdnode0", "prologue").argv[8].endswith(f"/{prefix}15003.SC")
+
+
+def test_long_and_renamed_prefixes(sim):
+    c = sim.cluster
+    long_id = c.new_jobid(server="head." + "cluster" * 9 + ".example.org")
+    assert len(long_id) > momsim.PBS_JOBBASE and c.file_prefix(long_id) == long_id[:61]
+    c.stale_server_file(f"{c.next_sequence}.simserver")       # a file left in server_priv/jobs
+    renamed = c.new_jobid()
+    assert c.file_prefix(renamed) == renamed[:-1] + "s"      # simserver -> simserves
+    sim.hook("tdnode0", "prologue", extra=f"ls {c.mom_priv('tdnode0') / 'jobs'} > \"$d/jobs\"")
+    for jobid in (long_id, renamed):
+        job = sim.job([("tdnode0", 1)])
+        job.jobid = jobid
+        assert c.run(job).exit_status == 0
+        assert f"{c.file_prefix(jobid)}.JB" in sim.dump("tdnode0", "prologue").text("jobs").split()
+        assert sim.dump("tdnode0", "prologue").text("jb") == "yes"
+
+
+def test_the_job_file_is_rewritten_while_the_job_runs(sim):
+    """pbs_mom's job_save links a new file in place of the .JB: its inode changes. The
+    product's reader must see the job in every answer it gives meanwhile."""
+    c = sim.cluster
+    flag = sim.out / "release"
+    job = sim.job([("tdnode0", 1), ("tdnode1", 1)],
+                  f"#!/bin/bash\nfor i in $(seq 1200); do [ -e {flag} ] && exit 0; sleep 0.05; done\nexit 3\n")
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=c.run(job)))
+    thread.start()
+    inodes = {n: set() for n in ("tdnode0", "tdnode1")}
+    answers = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and min(len(i) for i in inodes.values()) < 3:
+            for node in inodes:
+                try:
+                    inodes[node].add(os.stat(c.job_file(node, job.jobid)).st_ino)
+                except FileNotFoundError:
+                    pass
+                if not c.mom_knows(node, job.jobid):
+                    continue                   # not arrived yet (a sister: after its prologues)
+                try:
+                    answers.append(job.jobid in momjobs.held_jobs(c.pbs_home(node), pause=0.005))
+                except momjobs.JobFilesUnreadable:
+                    pass
+            time.sleep(0.01)
+    finally:
+        flag.touch()
+        thread.join(60)
+    assert min(len(i) for i in inodes.values()) >= 3, inodes
+    assert answers and all(answers)
+    assert result["r"].exit_status == 0

@@ -197,9 +197,10 @@ def ps(cfg: config_mod.Config, out=sys.stdout) -> int:
     rows = [(c.labels.get(L_JOB, ""), c.labels.get(L_USER, ""), c.labels.get(L_ALIAS, ""),
              c.labels.get(L_PORT, ""), c.status, c.name)
             for c in lifecycle.runtime_for(cfg).containers(host=cfg.node_name())]
-    print(f"{'JOB':<20} {'USER':<10} {'ALIAS':<32} {'PORT':<6} {'STATE':<10} CONTAINER", file=out)
+    width = max([20] + [len(row[0]) for row in rows])     # array subjobs and FQDN servers run long
+    print(f"{'JOB':<{width}} {'USER':<10} {'ALIAS':<32} {'PORT':<6} {'STATE':<10} CONTAINER", file=out)
     for row in sorted(rows):
-        print(f"{row[0]:<20} {row[1]:<10} {row[2]:<32} {row[3]:<6} {row[4]:<10} {row[5]}", file=out)
+        print(f"{row[0]:<{width}} {row[1]:<10} {row[2]:<32} {row[3]:<6} {row[4]:<10} {row[5]}", file=out)
     return 0
 
 

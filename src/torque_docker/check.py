@@ -233,6 +233,18 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         return None
     check("job starter", starter, needs_config=False)
 
+    def job_files() -> Optional[str]:
+        """The sweep's eyes: the job ids in pbs_mom's job files (momjobs.py)."""
+        from .momjobs import JobFilesUnreadable, held_jobs
+        try:
+            held = held_jobs(pbs_home)
+        except JobFilesUnreadable as exc:
+            raise Warn(f"{exc.message}: the sweep (gc and every prologue) removes nothing until they can "
+                       f"be read; {exc.fix}") from None
+        notes.append(f"pbs_mom holds {len(held)} job(s) here")
+        return None
+    check("pbs_mom job files", job_files, needs_config=False)
+
     # ---- node set-up ----------------------------------------------------------------
     def secret() -> Optional[str]:
         assert cfg is not None

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import docker
 import fcntl
@@ -25,8 +25,10 @@ sys.path.insert(0, str(HERE.parent))
 
 import momsim  # noqa: E402
 
-from torque_docker import admin, config, keys  # noqa: E402
+from torque_docker import admin, config, keys, momjobs  # noqa: E402
 from torque_docker.runtime import L_JOB  # noqa: E402
+from torque_docker.sweep import job_of_server  # noqa: E402
+from torque_docker.torque import safe_jobid  # noqa: E402
 
 REPO = HERE.parent.parent
 NODES = ["tdnode0", "tdnode1", "tdnode2"]
@@ -123,7 +125,7 @@ class Site:
     """One simulated cluster with torque-docker installed on every node."""
 
     def __init__(self, root: Path, nodes: List[str], prologalarm: int, job_starter: bool,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", multi_mom: Optional[Dict[str, int]] = None) -> None:
         self.root = root
         self.nodes = nodes
         self.secret = root / "secret"
@@ -139,7 +141,8 @@ class Site:
         self.server = "s" + root.name.rsplit("-", 1)[-1].lower()
         self.cluster = momsim.Cluster(root / "cluster", nodes, prologalarm=prologalarm, server=self.server,
                                       pbs_environment_extra={n: {config.ENV_VAR: str(self.configs[n])}
-                                                             for n in nodes})
+                                                             for n in nodes},
+                                      multi_mom=multi_mom)
         for node in nodes:
             admin.install(str(self.cluster.pbs_home(node) / "mom_priv"), python=checkout_python(root),
                           job_starter=job_starter, dropin=True, cfg=self.config(node),
@@ -166,13 +169,20 @@ class Site:
         return str(path)
 
     def job(self, script: str, nodes, other: str = "", user: str = USER, **kwargs) -> momsim.Job:
+        """A job of this site; ``jobid`` may be given (e.g. an array subjob from ``array``)."""
         resources = {"walltime": "00:05:00"}
         if other:
             resources["other"] = other
         resources.update(kwargs.pop("resources", {}))
-        return momsim.Job(jobid=self.cluster.new_jobid(), user=user, script=script, nodes=nodes,
+        jobid = kwargs.pop("jobid", None) or self.cluster.new_jobid()
+        return momsim.Job(jobid=jobid, user=user, script=script, nodes=nodes,
                           resources=resources, workdir=kwargs.pop("workdir", None) or self.workdir(user),
                           **kwargs)
+
+    def array(self, script: str, placements, other: str = "", **kwargs) -> List[momsim.Job]:
+        """qsub -t 1-N: one subjob ``M[i].server`` per placement (its nodes), indices from 1."""
+        jobids = self.cluster.new_array(range(1, len(placements) + 1))
+        return [self.job(script, nodes, other, jobid=jobid, **kwargs) for jobid, nodes in zip(jobids, placements)]
 
     def leftovers(self, client: docker.DockerClient, jobid: str) -> List[str]:
         """Everything of jobid still on any node: containers, ports, state, SSH files."""
@@ -182,10 +192,10 @@ class Site:
             ports = state / "ports.json"
             if ports.exists() and jobid in ports.read_text():
                 found.append(f"port reservation on {node}")
-            if (state / "jobs").exists() and any(p.name.startswith(jobid) for p in (state / "jobs").iterdir()):
+            if (state / "jobs" / safe_jobid(jobid)).exists():
                 found.append(f"job directory on {node}")
             ssh = Path(self.config(node).ssh_include_dir)
-            if ssh.exists() and any(p.name.startswith(jobid) for p in ssh.iterdir()):
+            if (ssh / f"{safe_jobid(jobid)}.conf").exists():
                 found.append(f"ssh config on {node}")
         return found
 
@@ -213,10 +223,11 @@ def make_site(docker_client, images) -> Iterator:
     """Factory of Sites; every container any of them made is removed afterwards, pass or fail."""
     made: List[Site] = []
 
-    def factory(nodes: int = 2, prologalarm: int = 120, job_starter: bool = True, extra_config: str = "") -> Site:
+    def factory(nodes: int = 2, prologalarm: int = 120, job_starter: bool = True, extra_config: str = "",
+                multi_mom: Optional[Dict[str, int]] = None) -> Site:
         root = Path(tempfile.mkdtemp(prefix="td-it-", dir="/var/tmp"))
         os.chmod(root, 0o755)
-        site = Site(root, NODES[:nodes], prologalarm, job_starter, extra_config)
+        site = Site(root, NODES[:nodes], prologalarm, job_starter, extra_config, multi_mom)
         made.append(site)
         return site
 
@@ -226,11 +237,16 @@ def make_site(docker_client, images) -> Iterator:
         # (pbs_mom no longer knows them). Tests that leak on purpose sweep before they end.
         SERVERS.append(site.server)
         for node in site.nodes:
-            jobs_dir = site.cluster.pbs_home(node) / "mom_priv" / "jobs"
-            running = {p.name[:-3] for p in jobs_dir.glob("*.JB")} if jobs_dir.exists() else set()
+            # The jobs pbs_mom still holds, read as the product's sweep reads them: job files
+            # are named after file prefixes (array subjobs, long ids), not job ids.
+            try:
+                running = momjobs.held_jobs(site.cluster.pbs_home(node))
+            except momjobs.JobFilesUnreadable as exc:
+                LEAKS.append(f"job files on {node}: {exc}")
+                running = frozenset()
             for container in docker_client.api.containers(all=True, filters={"label": f"torque-docker.host={node}"}):
                 jobid = (container.get("Labels") or {}).get(L_JOB, "")
-                if jobid.endswith("." + site.server) and jobid not in running:
+                if job_of_server(jobid, site.server) and jobid not in running:
                     LEAKS.append(f"container {container['Names'][0]} of ended job {jobid}")
             ports = site.state_dir(node) / "ports.json"
             if ports.exists() and ports.read_text().strip() not in ("", "{}"):
@@ -238,7 +254,7 @@ def make_site(docker_client, images) -> Iterator:
         # The low-level list does not inspect each container: other test runs on this daemon
         # may remove theirs between the list and an inspect.
         for container in docker_client.api.containers(all=True, filters={"label": L_JOB}):
-            if (container.get("Labels") or {}).get(L_JOB, "").endswith("." + site.server):
+            if job_of_server((container.get("Labels") or {}).get(L_JOB, ""), site.server):
                 try:
                     docker_client.api.remove_container(container["Id"], force=True)
                 except docker.errors.NotFound:

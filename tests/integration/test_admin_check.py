@@ -259,3 +259,20 @@ def test_mpich_image_is_usable_too(node, docker_client):
     code, text, levels = run_check(site, "--image", MPICH_IMAGE)
     assert code == 0 and any(line.startswith(f"OK   image {MPICH_IMAGE}") for line in levels["OK"]), text
     assert no_check_containers(docker_client)
+
+
+def test_unreadable_job_files_are_a_warning_that_names_them(node):
+    """The sweep keeps every job while a job file cannot be read; check says so and why."""
+    site = node
+    code, text, levels = run_check(site)
+    assert any(line.startswith("OK   pbs_mom job files: ok") for line in levels["OK"]), text
+    assert "pbs_mom holds 0 job(s) here" in text
+    broken = mom_priv(site) / "jobs" / "55-1.sim.JB"
+    broken.write_text('<?xml version="1.0"?>\n<job>\n  <version>131842</version>\n  <jobid>55[1].sim</jo')
+    try:
+        code, text, levels = run_check(site)
+    finally:
+        broken.unlink()
+    assert code == 0, text                                   # jobs still run: a warning, not a failure
+    [line] = [line for line in levels["WARN"] if "pbs_mom job files" in line]
+    assert "55-1.sim.JB" in line and "removes nothing" in line, line

@@ -4,6 +4,8 @@ import re
 import threading
 from pathlib import Path
 
+import pytest
+
 from conftest import OPENMPI_IMAGE
 
 HERE = Path(__file__).resolve().parent
@@ -150,11 +152,14 @@ def _rmdir_tree(path):
         pass
 
 
-def test_torque_cpuset_and_cgroup_parent(make_site, docker_client):
+@pytest.mark.parametrize("array", [False, True], ids=["job", "array-subjob"])
+def test_torque_cpuset_and_cgroup_parent(make_site, docker_client, array):
+    """Torque names a job's cgroup after its id, an array subjob's too (torque/52[1].server)."""
     site = make_site(nodes=1, extra_config="[cgroups]\nparent = torque\n")
     script = ("#!/bin/bash\nssh $(head -1 $PBS_NODEFILE) "
               "'cat /sys/fs/cgroup/cpuset/cpuset.cpus; grep cpuset /proc/self/cgroup'\n")
-    job = site.job(script, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE};model=process;run=host")
+    other = f"image={OPENMPI_IMAGE};model=process;run=host"
+    job = site.array(script, [[("tdnode0", 1)]], other=other)[0] if array else site.job(script, [("tdnode0", 1)], other=other)
     last_core = str(max(__import__("os").sched_getaffinity(0)))
     made = _torque_cgroup(job.jobid, last_core)
     try:

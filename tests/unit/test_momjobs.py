@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from torque_docker import momjobs
 from torque_docker.momjobs import BadJobFile, JobFile, JobFilesUnreadable, held_jobs, parse_job_file
 
 SAMPLE = (Path(__file__).resolve().parents[1] / "data" / "jobfiles" / "52-1.vm.JB").read_bytes()
