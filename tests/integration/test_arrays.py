@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 from conftest import OPENMPI_IMAGE, wait_for
-from test_faults import SILENT_SSHD, silent_sshd_image  # noqa: F401  (a fixture)
+import test_faults
+from test_faults import SILENT_SSHD
 
 from torque_docker import admin
 from torque_docker.runtime import L_JOB
 from torque_docker.torque import job_tag, safe_jobid
 
+silent_sshd_image = test_faults.silent_sshd_image     # the fixture, shared
 CLI = "import sys; from torque_docker.cli import main; sys.exit(main())"
 IMAGE = f"image={OPENMPI_IMAGE}"
 
@@ -76,7 +78,7 @@ def survive_then_sweep(site, client, jobs):
         for job in jobs:
             assert not re.search(rf"job={re.escape(job.jobid)} node=\S+ gc: pbs_mom no longer knows", log), log
 
-        # pbs_mom purges the jobs without their epilogues (torque-facts: a sync kill does).
+        # pbs_mom purges the jobs without their epilogues (docs/torque-facts.md: a sync kill does).
         for node in site.nodes:
             site.cluster.remove_hook(node, "epilogue")
             site.cluster.remove_hook(node, "epilogue.parallel")
