@@ -650,20 +650,6 @@ class Cluster:
         with self._lock:
             return jobid in self._held[node]
 
-    def job_ids_on_disk(self, node: str) -> set[str]:
-        """The ids in a node's job files, read as pbs_mom would recover them (<jobid> of each
-        .JB, or of a complete .JC during a rewrite).  Tests use it for leak checks."""
-        out = set()
-        jobs = self.mom_priv(node) / "jobs"
-        for path in sorted(jobs.glob("*.JB")) + sorted(jobs.glob("*.JC")):
-            try:
-                text = path.read_text(errors="replace")
-            except FileNotFoundError:
-                continue
-            if text.rstrip().endswith("</job>") and "<jobid>" in text:
-                out.add(text.split("<jobid>", 1)[1].split("</jobid>", 1)[0])
-        return out
-
     def hooks_log(self, node: str) -> Path:
         return self.pbs_home(node) / "mom_logs" / "hooks.log"
 

@@ -28,7 +28,7 @@ from . import momjobs
 from .errors import NodeFault
 
 RECHECK_PAUSE = 0.5       # seconds between the two reads of the job files before a removal
-HOOK_LOCK_WAIT = 300.0    # a prologue waits at most this long for a sweep tearing down its slot
+HOOK_LOCK_WAIT = 120.0    # a prologue waits at most this long for a sweep tearing down its slot
 
 
 def mom_knows(pbs_home: str, jobid: str) -> bool:

@@ -213,3 +213,13 @@ def test_a_sister_being_set_up_is_not_swept(make_site, docker_client, silent_ssh
         thread.join(120)
     assert outcome["result"].state == "Q" and outcome["result"].down_nodes == ["tdnode1"]
     assert site.leftovers(docker_client, job.jobid) == []
+
+
+def test_a_refused_array_subjob_is_explained_and_never_runs(site, docker_client):
+    """The refusal reaches the job starter through the subjob's state directory (safe_jobid)."""
+    from test_refusals import SCRIPT, check_explained
+    job, = site.array(SCRIPT, [[("tdnode0", 1), ("tdnode1", 1)]], other="image=debian:12;colour=red")
+    result = site.cluster.run(job)
+    text = check_explained(site, job, result, ["unknown key 'colour'"])
+    assert result.exit_status == 1 and text.strip() in result.stderr
+    assert site.leftovers(docker_client, job.jobid) == []
