@@ -124,8 +124,8 @@ def test_long_renamed_job_ids_survive_sweeps_until_purged(make_site, docker_clie
     site.cluster.stale_server_file(f"{site.cluster.next_sequence}.{server}"[:61])
     long_job = site.job(held_script(Path(site.workdir())), [("tdnode0", 1), ("tdnode1", 1)], other=IMAGE,
                         jobid=site.cluster.new_jobid(server=server))
-    (subjob,) = site.array(held_script(Path(site.workdir())), [[("tdnode1", 1)]], other=IMAGE)
-    subjob.jobid = site.cluster.new_array([1], server=server)[0]
+    subjob = site.job(held_script(Path(site.workdir())), [("tdnode1", 1)], other=IMAGE,
+                      jobid=site.cluster.new_array([1], server=server)[0])
     for job in (long_job, subjob):
         assert len(job.jobid) > 61 and len(site.cluster.file_prefix(job.jobid)) == 61
     assert site.cluster.file_prefix(long_job.jobid) != long_job.jobid[:61]          # renamed
