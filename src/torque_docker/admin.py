@@ -1,4 +1,4 @@
-"""``torque-docker``: the admin's command on each compute node; its sub-commands are in build_parser()."""
+"""``torque-docker``: the admin's command on each compute node (and, for qsub's filter, submit hosts); its sub-commands are in build_parser()."""
 from __future__ import annotations
 
 import argparse
@@ -246,9 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-job-starter", action="store_true")
     p.add_argument("--no-ssh-dropin", action="store_true")
     p.add_argument("--force", action="store_true", help="replace a site's own hooks or $job_starter")
+    p.add_argument("--submit-filter", action="store_true",
+                   help="on a login/submit host: only set qsub's SUBMITFILTER (keeps and runs a site's own filter)")
+    p.add_argument("--pbs-home", default=pbs_home, help="with --submit-filter: where torque.cfg is")
     p = sub.add_parser("uninstall", help="remove the hooks, $job_starter and ssh drop-in that install wrote")
     p.add_argument("--mom-priv", default=f"{pbs_home}/mom_priv")
     p.add_argument("--keep-ssh-dropin", action="store_true")
+    p.add_argument("--submit-filter", action="store_true", help="only remove the submit filter (torque.cfg restored)")
+    p.add_argument("--pbs-home", default=pbs_home, help="with --submit-filter: where torque.cfg is")
+    p = sub.add_parser("lint", help="check a job script (and qsub arguments) as qsub's submit filter would")
+    p.add_argument("script", help="the job script ('-' for stdin)")
+    p.add_argument("qsub_args", nargs=argparse.REMAINDER, help="qsub's arguments, e.g. -l image=debian:12")
     p = sub.add_parser("keygen", help="create the site secret (once; copy it to every node)")
     p.add_argument("--force", action="store_true")
     sub.add_parser("fingerprint", help="show the site secret's fingerprint (compare across nodes)")
@@ -270,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fingerprint", default="", help="fail unless the site secret has this fingerprint")
     p.add_argument("--ssh-config", default="/etc/ssh/ssh_config",
                    help="the ssh client's system config that must include the drop-in")
+    p.add_argument("--submit-host", action="store_true",
+                   help="check a login/submit host's qsub submit filter instead of a compute node")
     sub.add_parser("config", help="print the default config file")
     p = sub.add_parser("limits", help="change a running job's container limits on this node (docker update)")
     p.add_argument("jobid")
@@ -288,6 +298,14 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "config":
         sys.stdout.write(config_mod.render_defaults())
         return 0
+    if args.command == "lint":
+        from .submit import lint
+        return lint(args.script, args.qsub_args, out=sys.stdout)
+    if args.command == "check" and args.submit_host:
+        from . import submitadmin
+        healthy, lines = submitadmin.state(args.pbs_home)
+        print("\n".join(lines))
+        return 0 if healthy else 1
     if args.command == "check":
         # A broken config is one of the things check reports, not a reason to stop.
         from .check import run_checks
@@ -298,6 +316,14 @@ def main(argv: Sequence[str]) -> int:
         return run_checks(cfg, args.pbs_home, config_error=problem, image=args.image,
                           fingerprint=args.fingerprint, ssh_config=args.ssh_config, out=sys.stdout)
     cfg = config_mod.load()
+    if args.command == "install" and args.submit_filter:
+        from . import submitadmin
+        submitadmin.install(args.pbs_home, python=args.python)
+        return 0
+    if args.command == "uninstall" and args.submit_filter:
+        from . import submitadmin
+        submitadmin.uninstall(args.pbs_home)
+        return 0
     if args.command == "install":
         install(args.mom_priv, python=args.python, job_starter=not args.no_job_starter,
                 dropin=not args.no_ssh_dropin, cfg=cfg, force=args.force)
