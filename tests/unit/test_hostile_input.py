@@ -722,7 +722,8 @@ def test_every_property_has_a_budget_and_the_total_is_reported():
     """The figure the admin guide reports: hostile inputs tried per run, the sum of max_examples."""
     import test_hostile_hooks
     import test_hostile_paths
-    modules = [sys.modules[__name__], test_hostile_hooks, test_hostile_paths]
+    import test_hostile_submit
+    modules = [sys.modules[__name__], test_hostile_hooks, test_hostile_paths, test_hostile_submit]
     properties = [name for module in modules for name, fn in vars(module).items()
                   if name.startswith("test_") and getattr(fn, "is_hypothesis_test", False)]
     assert sorted(properties) == sorted(BUDGETS), "every @given test takes its max_examples from budget()"
