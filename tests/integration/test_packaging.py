@@ -179,6 +179,31 @@ def test_install_from_the_package_gives_hooks_pbs_mom_accepts(root, dump, tmp_pa
     assert f"$job_starter {mom_priv}/torque-docker-starter" in (mom_priv / "config").read_text()
 
 
+def test_packaged_submit_filter_runs_for_a_user_from_the_installed_package(root, dump):
+    """Shebang and package directory are the RPM's own; run from the scratch root (its
+    package directory re-pointed there) as qsub would, it carries the short form."""
+    entry = dump[f"{LIBEXEC}/submit-filter"]
+    assert stat.S_IMODE(entry.mode) == 0o755 and (entry.owner, entry.group) == ("root", "root")
+    text = (root / LIBEXEC.lstrip("/") / "submit-filter").read_text()
+    lines = text.splitlines(keepends=True)
+    assert re.fullmatch(r"#!/\S*python3 -IS\n", lines[0]), lines[0]
+    path_line = f'sys.path.insert(0, "{sitelib(dump)}")  # torque-docker: package directory\n'
+    assert path_line in lines
+    runnable = Path(tempfile.mkdtemp(prefix="td-rpmfilter-"))
+    try:
+        copy = runnable / "submit-filter"
+        copy.write_text("#!/usr/bin/python3 -IS\n" + "".join(lines[1:]).replace(
+            path_line, f"sys.path.insert(0, {str(root) + sitelib(dump)!r})\n"))
+        copy.chmod(0o755)
+        done = subprocess.run(["/bin/sh", "-c", f"{copy} '-l' 'image=debian:12'"], input=b"hostname\n",
+                              capture_output=True, timeout=60, cwd="/tmp",
+                              env={"PATH": "/bin:/usr/bin", "TORQUE_DOCKER_CONF": str(runnable / "none.conf")})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"#PBS -l other=image=debian:12\nhostname\n"
+    finally:
+        shutil.rmtree(runnable, ignore_errors=True)
+
+
 def test_systemd_units_verify(root):
     units = Path(tempfile.mkdtemp(prefix="td-units-"))
     try:

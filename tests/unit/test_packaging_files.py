@@ -56,3 +56,15 @@ def test_gc_units():
     timer.read_string((PACKAGING / "systemd/torque-docker-gc.timer").read_text())
     assert timer["Timer"]["OnUnitActiveSec"] == "10min"
     assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+def test_spec_ships_the_submit_filter_pointing_at_the_installed_package():
+    from torque_docker import submitadmin
+    assert "%attr(0755,root,root) %{_libexecdir}/%{name}/submit-filter\n" in SPEC
+    install = SPEC.split("\n%install\n", 1)[1].split("\n%check\n", 1)[0]
+    assert "install -p -m 0755 hooks/submit-filter %{buildroot}%{_libexecdir}/%{name}/submit-filter" in install
+    # the sed expressions must match the shipped file's lines, or the RPM's filter imports nothing
+    shipped = (admin.PACKAGE_HOOKS / submitadmin.FILTER_SOURCE).read_text().splitlines()
+    assert shipped[0].startswith("#!") and "'1s|^#!.*|#!%{__python3} -IS|'" in install
+    pattern = re.search(r"-e 's\|\^(sys\.path\.insert\(0, \.\*# torque-docker: package directory)\$\|", install).group(1)
+    assert sum(bool(re.fullmatch(pattern.replace("(", r"\(").replace(")", r"\)"), line)) for line in shipped) == 1
