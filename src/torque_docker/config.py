@@ -153,6 +153,7 @@ OPTIONS: List[Option] = [
     Option("images", "aliases", _aliases, "", "short names for images, one 'name = reference' per line"),
     Option("images", "pull", _choice("missing", "never", "always"), "missing", "when to pull"),
     Option("images", "pull_timeout", _seconds, "120", "seconds a pull may take (keep under $prologalarm)"),
+    Option("images", "pin", _choice("off", "submit", "required"), "off", "at qsub (submit filter): rewrite a tag to the digest it names now, so every node and requeue runs that build; submit: unpinned with a warning when it cannot, required: refuse then"),
     Option("images", "tarball_dirs", _paths, "", "directories users may load image tarballs from (image=file:/path)"),
     Option("mounts", "default", _words, "", "bind mounts every container gets (SRC[:DST][:ro])"),
     Option("mounts", "allowed", _paths, "", "directories under which users may ask for mounts"),

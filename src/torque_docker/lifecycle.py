@@ -108,7 +108,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     sweep_node(cfg, ctx, runtime, log)
     # A requeued job starts again from scratch on this node.
     teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
-    reference = ensure_image(runtime, image, cfg, log, ctx.jobid)
+    reference = ensure_image(runtime, image, cfg, log, ctx.jobid, pinned_fault=ctx.is_ms)
     image_id = runtime.image_id(reference) or reference
     timer.step("image")
 
@@ -205,9 +205,15 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str) -> None:
 
 
 def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str,
-                 lock_timeout: Optional[float] = None) -> str:
+                 lock_timeout: Optional[float] = None, pinned_fault: bool = True) -> str:
     """The image on this node, pulled or loaded when needed. One pull or load of an image
-    at a time per node: concurrent jobs wait for it instead of fetching it again."""
+    at a time per node: concurrent jobs wait for it instead of fetching it again.
+
+    A pinned digest (``name:tag@sha256:...``, from qsub's filter with [images] pin) that
+    is missing while pulls are off is this node's fault (the admin stages it), so the MS
+    requeues (bounded by [jobs] max_attempts). A sister passes ``pinned_fault=False``:
+    users can write any digest, and a user's text must never mark a node down; the
+    sister's admin log and the MS's failed probe say what happened."""
     if image.tarball:
         with _image_lock(cfg, image.tarball, lock_timeout):
             tags = runtime.load(image.tarball)
@@ -226,6 +232,10 @@ def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: 
                 if not present:
                     raise
                 log.warning(jobid, f"pull of {image.reference} failed; using the local copy")
+    elif not present and "@sha256:" in image.reference:
+        raise ImageError(f"pinned image {image.reference} is not on node {cfg.node_name()} and the site does "
+                         f"not pull images", f"stage it on this node: torque-docker stage {image.reference}",
+                         user_error=not pinned_fault)
     elif not present:
         raise ImageError(f"image {image.reference} is not on this node and the site does not pull images",
                          "ask the admin to stage it with 'torque-docker stage IMAGE'")

@@ -48,6 +48,7 @@ class Verdict:
         self.resources = resources or {}      # every -l resource qsub will send
         self.rewritten = rewritten
         self.notes: List[str] = []            # for qsub's stderr (warnings)
+        self.submission: Optional[qsubparse.Submission] = None    # how qsub reads the ORIGINAL script
 
 
 def mentions_image(data: bytes, args: Sequence[str]) -> bool:
@@ -89,13 +90,13 @@ def plan(args: Sequence[str], data: bytes) -> Verdict:
     if sub.script.unparsable:
         return Verdict(data)          # qsub refuses the script itself, with its own message
     if short is None:
-        return Verdict(data, request=other, resources=resources)
+        return _read(Verdict(data, request=other, resources=resources), sub)
     short = short.strip()
     if long_image is not None:
         if long_image != short:
             raise RequestError(f"two images are asked for: -l image={short} and -l other=image={long_image}",
                                "give the image once, e.g. -l image=NAME with the other keys in -l other=")
-        return Verdict(data, request=other, resources=resources)
+        return _read(Verdict(data, request=other, resources=resources), sub)
     if sub.source("other") == "cmdline":
         raise RequestError(f"-l image={short} cannot reach the nodes: -l other={other} on qsub's command line "
                            f"replaces every #PBS -l other= line",
@@ -105,8 +106,21 @@ def plan(args: Sequence[str], data: bytes) -> Verdict:
     if not prefix:
         raise RequestError(f"-l image={short} cannot reach the nodes: qsub -C '' turns #PBS lines off",
                            f"use qsub -l other=image={short} instead")
-    return Verdict(_insert_directive(sub.script, f"{prefix} -l other={_carried(request)}"),
-                   request=request, rewritten=True, resources=dict(resources, other=request))
+    return _read(_carry(Verdict(data, resources=resources), sub, request), sub)
+
+
+def _read(verdict: Verdict, sub: qsubparse.Submission) -> Verdict:
+    verdict.submission = sub
+    return verdict
+
+
+def _carry(verdict: Verdict, sub: qsubparse.Submission, request: str) -> Verdict:
+    """The verdict with the original script plus one directive that gives the nodes this request."""
+    prefix = qsubparse.DEFAULT_PREFIX if sub.prefix is None else sub.prefix
+    verdict.script = _insert_directive(sub.script, f"{prefix} -l other={_carried(request)}")
+    verdict.request, verdict.rewritten = request, True
+    verdict.resources = dict(verdict.resources, other=request)
+    return verdict
 
 
 def _insert_directive(script: qsubparse.Script, line: str) -> bytes:
@@ -142,7 +156,7 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
         verdict.notes.append(f"no site config at {cfg.path or 'its default path'} on this host: "
                              "only the request's syntax was checked")
     if site:
-        policy.resolve_image(request.image, cfg)
+        choice = policy.resolve_image(request.image, cfg)
         mounts = policy.check_mounts(request.mounts, cfg)
         for mount in mounts:
             if not (os.path.isdir(mount.source) and os.access(mount.source, os.R_OK | os.X_OK)):
@@ -164,6 +178,41 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
             what = "pmem=" + asked["pmem"] if asked.get("pmem") else "mem=" + asked["mem"]
             raise RequestError(f"-l {what} leaves a container {smallest} bytes; Docker needs at least 6 MiB",
                                "ask for more memory, e.g. -l mem=1gb")
+    if site and cfg.images_pin != "off" and not choice.tarball:
+        pin_image(verdict, choice.reference, cfg)
+
+
+def pin_image(verdict: Verdict, reference: str, cfg) -> None:
+    """Rewrite the request to ``name:tag@sha256:...`` ([images] pin), or say why not.
+
+    pin = submit: a job that cannot be pinned is submitted as it is, with a warning on
+    qsub's stderr; pin = required: it is refused."""
+    from . import pin
+    from .errors import PolicyError
+
+    if "@sha256:" in reference:
+        return                                     # pinned by the user already
+    sub = verdict.submission
+    digest, why = pin.resolve(reference, cfg.docker_endpoint)
+    pinned = pin.pinned(reference, digest) if digest else ""
+    if not digest:
+        problem, fix = f"cannot resolve {reference} to a digest here ({why})", \
+            f"name the digest yourself (image={reference.partition('@')[0]}@sha256:...), or ask the admin"
+    elif not cfg.image_allowed(pinned):
+        problem, fix = f"the site's [images] allowed has no pattern for {pinned}", \
+            f"ask the admin to allow digests, e.g. '{reference}@sha256:*'"
+    elif sub is None or sub.source("other") == "cmdline":
+        problem, fix = "-l other= on qsub's command line cannot be changed by the submit filter", \
+            f"write -l other=image={pinned}, or put the request in the script"
+    else:
+        parts = [f"image={pinned}" if part.partition("=")[0].strip() == "image" else part
+                 for part in verdict.request.split(";")]
+        _carry(verdict, sub, ";".join(parts))
+        verdict.notes.append(f"image {reference} pinned to {digest}: every node and every requeue runs this build")
+        return
+    if cfg.images_pin == "required":
+        raise PolicyError(f"the site requires pinned images and {problem}", fix)
+    verdict.notes.append(f"warning: job submitted unpinned: {problem}")
 
 
 def _slots_per_node(asked, parse_nodes_spec) -> List[int]:

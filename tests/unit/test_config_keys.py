@@ -47,6 +47,7 @@ CASES: Dict[Tuple[str, str], Case] = {
     ("images", "aliases"): Case("\n    foam = lab/openfoam:11\n    py=lab/python:3", {"foam": "lab/openfoam:11", "py": "lab/python:3"},
                                 "\n    foam lab/openfoam:11", "must look like 'name = registry/image:tag'"),
     ("images", "pull"): Case("never", "never", "sometimes", "must be one of: missing, never, always"),
+    ("images", "pin"): Case("required", "required", "yes", "must be one of: off, submit, required"),
     ("images", "pull_timeout"): Case("600", 600.0, "7200", "between 0 and 3600"),
     ("images", "tarball_dirs"): Case("/srv/images /data/img", ("/srv/images", "/data/img"), "/srv/images images",
                                      "absolute path"),
