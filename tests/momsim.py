@@ -1481,3 +1481,113 @@ def _read_from(path: Path, offset: int) -> str:
             return fh.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
+
+
+# --------------------------------------------------------------------------------------
+# qsub on a submit host: the submit filter, then the directives (facts: "Submit filter")
+# --------------------------------------------------------------------------------------
+
+QSUB_OPTIONS = "a:A:b:c:C:d:D:e:EfF:hi:Ij:J:k:K:l:L:m:M:nN:o:p:P:q:r:S:t:T:u:v:Vw:W:Xxz"
+SUBMIT_FILTER_ADMIN_REJECT = 255
+
+
+class QsubError(Exception):
+    """qsub exited non-zero (3 after a filter's refusal); nothing was queued."""
+
+    def __init__(self, message: str, stderr: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def _qsub_filter_command(filter_path: str, args: list) -> str:
+    # facts: the filter path followed by each of qsub's arguments in single quotes.
+    # (Torque 6.1.3 passes -C's prefix as a backslash and the raw text, unquoted:
+    # qsub_functions.c; done the same here.)
+    command, after_c = filter_path, False
+    for arg in args:
+        command += " " + ("\\" + arg if after_c else f"'{arg}'")
+        after_c = not after_c and arg == "-C"
+    return command
+
+
+def _qsub_directives(script: bytes, prefix: str) -> list:
+    """Option words of the #PBS lines qsub reads: up to the first command (a line whose
+    first non-blank character is not '#', except lines starting with ':' or '#!');
+    CR before LF dropped, a trailing backslash continues the directive.
+    NOT FAITHFUL: words are split with shlex (qsub's make_argv knows no shell escapes
+    inside double quotes) and fgets' 32 KiB line pieces are not modelled."""
+    words: list = []
+    lines = script.decode("utf-8", "surrogateescape").split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i].removesuffix("\r")
+        body = line.lstrip(" \t\v\f\r")
+        if prefix and body.startswith(prefix):
+            text = body[len(prefix):]
+            while text.endswith("\\") and i + 1 < len(lines):
+                i += 1
+                text = text[:-1] + lines[i]
+            words += shlex.split(text)
+        elif not (line.startswith(":") or line.startswith("#!")) and body and not body.startswith("#"):
+            break
+        i += 1
+    return words
+
+
+def _qsub_resources(words: list) -> dict:
+    """-l values, name by name, the last one winning (NOT FAITHFUL: no quoted values)."""
+    import getopt
+    opts, _ = getopt.gnu_getopt(words, QSUB_OPTIONS)
+    found: dict = {}
+    for flag, value in opts:
+        if flag == "-l":
+            for item in value.split(","):
+                name, sep, val = item.partition("=")
+                if sep and name.strip():
+                    found[name.strip()] = val
+    return found
+
+
+def qsub(cluster: Cluster, script: str | bytes, args: list, *, user: str, placement: list,
+         submit_filter: str | None = None, cwd: str | None = None, env: dict | None = None) -> Job:
+    """Submit as qsub does on a submit host and return the Job the server would queue.
+
+    The filter (if any) runs as the user through /bin/sh -c, script on stdin, stdout into
+    a file; exit 255 / other non-zero refuse with qsub's messages (facts). The filtered
+    script's directives give the resources, qsub's own -l options win resource by
+    resource (facts). ``placement`` is the scheduler's choice of [(node, ppn)]: qsub
+    does not place jobs. Resources Torque keeps but never sends to mom (``image``) are
+    dropped by Cluster.run as before."""
+    import getopt
+    data = script.encode() if isinstance(script, str) else script
+    pw = pwd.getpwnam(user)
+    cwd = cwd or pw.pw_dir
+    opts, _ = getopt.gnu_getopt(list(args), QSUB_OPTIONS)
+    prefix = "#PBS"
+    for flag, value in opts:
+        if flag == "-C":
+            prefix = value
+    if submit_filter:
+        fd, out_path = tempfile.mkstemp(prefix="qsub.")
+        os.close(fd)
+        os.chown(out_path, pw.pw_uid, pw.pw_gid)
+        try:
+            done = subprocess.run(["/bin/sh", "-c", _qsub_filter_command(submit_filter, list(args)) + " >" + out_path],
+                                  input=data, stderr=subprocess.PIPE, cwd=cwd, user=pw.pw_uid, group=pw.pw_gid,
+                                  extra_groups=os.getgrouplist(user, pw.pw_gid), timeout=120,
+                                  env=env or {"PATH": "/bin:/usr/bin", "HOME": pw.pw_dir, "USER": user})
+            filtered = Path(out_path).read_bytes()
+        finally:
+            os.unlink(out_path)
+        stderr = done.stderr.decode("utf-8", "replace")
+        if done.returncode == SUBMIT_FILTER_ADMIN_REJECT:
+            raise QsubError("qsub: Your job has been administratively rejected by the queueing system.", stderr)
+        if done.returncode != 0:
+            raise QsubError("qsub: submit filter returned an error code, aborting job submission.", stderr)
+        data = filtered
+    resources = _qsub_resources(_qsub_directives(data, prefix))
+    resources.update(_qsub_resources([w for flag, value in opts for w in (flag, value)]))
+    nodes_spec = resources.pop("nodes", None)
+    resources.pop("neednodes", None)
+    return Job(jobid=cluster.new_jobid(), user=user, script=data.decode("utf-8", "surrogateescape"),
+               nodes=placement, resources=resources, workdir=cwd, nodes_spec=nodes_spec)

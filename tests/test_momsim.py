@@ -739,3 +739,40 @@ def test_the_job_file_is_rewritten_while_the_job_runs(sim):
     assert min(len(i) for i in inodes.values()) >= 3, inodes
     assert answers and all(answers)
     assert result["r"].exit_status == 0
+
+
+# ---------------------------------------------------------------------------- qsub model
+def _filter(sim, body: str) -> str:
+    path = sim.root / "filter"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_qsub_reads_directives_until_the_first_command_and_cmdline_wins(sim):
+    job = momsim.qsub(sim.cluster, "#!/bin/sh\r\n#PBS -l walltime=1:00,mem=1gb\r\n#PBS -l image=x \\\n"
+                                   "\n: not a command\necho hi\n#PBS -l other=late\n",
+                      ["-l", "mem=2gb"], user=USER, placement=[("tdnode0", 1)], cwd=str(sim.wd))
+    assert job.resources == {"walltime": "1:00", "mem": "2gb", "image": "x"}
+    job = momsim.qsub(sim.cluster, "#X -l other=a\n#PBS -l other=b\n", ["-C", "#X"], user=USER,
+                      placement=[("tdnode0", 1)], cwd=str(sim.wd))
+    assert job.resources == {"other": "a"}
+
+
+def test_qsub_runs_the_filter_as_the_user_with_quoted_args_and_its_output_is_the_job(sim):
+    seen = sim.out / "seen"
+    path = _filter(sim, f"id -u > {seen}; for a in \"$@\"; do echo \"[$a]\" >> {seen}; done\n"
+                        "cat; echo '#PBS -l other=added'\n")
+    job = momsim.qsub(sim.cluster, "#!/bin/sh\n", ["-N", "a b", "-C", "#PBS", "-l", "walltime=1"], user=USER,
+                      placement=[("tdnode0", 1)], submit_filter=path, cwd=str(sim.wd))
+    assert seen.read_text().split("\n") == [str(UID), "[-N]", "[a b]", "[-C]", "[#PBS]", "[-l]", "[walltime=1]", ""]
+    assert job.script == "#!/bin/sh\n#PBS -l other=added\n" and job.resources["other"] == "added"
+
+
+@pytest.mark.parametrize("rc,words", [(255, "administratively rejected"), (3, "submit filter returned an error")])
+def test_qsub_filter_refusal(sim, rc, words):
+    path = _filter(sim, f"echo why >&2; exit {rc}\n")
+    with pytest.raises(momsim.QsubError) as refused:
+        momsim.qsub(sim.cluster, "echo\n", [], user=USER, placement=[("tdnode0", 1)], submit_filter=path,
+                    cwd=str(sim.wd))
+    assert words in str(refused.value) and refused.value.stderr == "why\n"
