@@ -51,7 +51,7 @@ def test_short_form_runs_in_containers_only_through_the_filter(submit_host, dock
     assert result.exit_status == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert first.startswith(f"torque-docker: job {job.jobid}: image {OPENMPI_IMAGE} ") and "model process" in first
-    assert f"ran on td-" in result.stdout                        # the script ran in the first container
+    assert "ran on td-" in result.stdout                        # the script ran in the first container
     assert site.leftovers(docker_client, job.jobid) == []
     # Without the filter Torque keeps -l image= but never sends it to the moms: no container.
     plain = site.cluster.run(qsub(site, SCRIPT.replace("#PBS -l other=model=process\n", ""), [], filtered=False))

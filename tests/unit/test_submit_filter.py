@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import sys
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -232,7 +231,7 @@ def test_script_of_only_directives_without_final_newline(site):
 def test_mount_path_with_a_space_survives_the_directive(site):
     src = site.root / "scratch" / "me" / "a b"
     src.mkdir()
-    args = ["-l", f"image=debian:12"]
+    args = ["-l", "image=debian:12"]
     script = f"#PBS -l other='mount={src}:/data'\necho\n".encode()
     rc, out, err = site.run(args, script)
     assert rc == 0, err
