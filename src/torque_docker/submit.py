@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+
 TYPE_CHECKING = False     # typing itself costs the filter ~10 ms on every qsub
 
 from . import qsubparse
@@ -124,19 +125,22 @@ def _carry(verdict: Verdict, sub: qsubparse.Submission, request: str) -> Verdict
 
 
 def _insert_directive(script: qsubparse.Script, line: str) -> bytes:
-    """The script with one more directive after every other one (the last one wins)."""
+    """The script with one more directive after every other one (the last one wins),
+    before the first command, and never inside a line: qsub reads lines longer than its
+    buffer in pieces, and a piece can be what stops its reading of directives."""
     pieces = list(script.pieces)
     at = script.first_command if script.first_command >= 0 else len(pieces)
+    if at < len(pieces):
+        while at > 0 and not pieces[at - 1].endswith(b"\n"):
+            at -= 1
+        if any(d.last >= at for d in script.directives):
+            raise RequestError(f"a #PBS line longer than {qsubparse.MAX_LINE_LEN - 1} bytes runs into the job's "
+                               "commands, so no line can be added after it", "shorten that line")
     near = pieces[at - 1] if at > 0 else (pieces[0] if pieces else b"")
     eol = b"\r\n" if near.endswith(b"\r\n") else b"\n"
     if at > 0 and not pieces[at - 1].endswith(b"\n"):
-        pieces[at - 1] += eol
-    text = line.encode("utf-8", "surrogateescape") + eol
-    if at == 0 and pieces and pieces[0].startswith(b"#!"):
-        at = 1                 # never above the interpreter line
-        if not pieces[0].endswith(b"\n"):
-            pieces[0] += eol
-    pieces.insert(at, text)
+        pieces[at - 1] += eol            # the script's last line, at its end
+    pieces.insert(at, line.encode("utf-8", "surrogateescape") + eol)
     return b"".join(pieces)
 
 

@@ -420,3 +420,14 @@ def test_filter_imports_nothing_heavy_for_a_job_without_an_image(site):
 def test_config_location_constants_match_config_py():
     from torque_docker import config
     assert (submit.CONFIG_ENV, submit.CONFIG_DEFAULT) == (config.ENV_VAR, config.DEFAULT_PATH)
+
+
+def test_a_line_longer_than_qsubs_buffer_is_never_split(site):
+    """qsub reads 32767 bytes at a time: the second piece of a long comment starts with no
+    '#' and ends directive reading there; the added line must go before the long line."""
+    long_comment = b"# " + b"x" * 40000 + b"; touch /tmp/split\n"
+    script = b"#!/bin/sh\n#PBS -l image=debian:12\n" + long_comment + b"echo\n"
+    rc, out, err = site.run([], script)
+    assert rc == 0, err
+    assert out == b"#!/bin/sh\n#PBS -l image=debian:12\n#PBS -l other=image=debian:12\n" + long_comment + b"echo\n"
+    assert qsub_sees([], out)["other"] == "image=debian:12"
