@@ -14,8 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from test_submit_filter import QSUB_REJECT, qsub_sees, site, tmp_path  # noqa: F401  (fixtures)
+import test_submit_filter as shared
+from test_submit_filter import QSUB_REJECT, qsub_sees
 from torque_docker import pin
+
+site = shared.site            # the submit-host fixtures, shared with test_submit_filter.py
+tmp_path = shared.tmp_path
 
 DIGEST = "sha256:" + "ab" * 32
 
