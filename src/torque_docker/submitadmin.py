@@ -79,6 +79,8 @@ def install(pbs_home: str, *, python: str = sys.executable, legacy: str = LEGACY
         print(f"{cfg_file} already runs {ours}; refreshed it", file=out)
         return str(ours)
     previous = current or (legacy if legacy and os.path.exists(legacy) else "")
+    if previous and _runs_our_filter(previous):
+        previous = ""              # e.g. the RPM's copy set by hand: never run ours twice
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
@@ -158,6 +160,14 @@ def state(pbs_home: str) -> Tuple[bool, List[str]]:
         ok = False
         lines.append(f"FAIL submit filter: no {conf} here: copy the nodes' config so that qsub applies the site's policy")
     return ok, lines
+
+
+def _runs_our_filter(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return b"torque_docker.submit" in handle.read(65536)
+    except OSError:
+        return False
 
 
 def _mode(path: str) -> Optional[int]:

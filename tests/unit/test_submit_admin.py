@@ -163,3 +163,18 @@ def test_shipped_filter_text():
     assert text.startswith("#!/opt/py/bin/python3 -IS\n")
     assert "sys.path.insert(0, '/opt/site-packages')  # torque-docker: package directory\n" in text
     assert Path(submitadmin.package_dir(), "torque_docker", "submit.py").exists()
+
+
+def test_our_own_filter_set_by_hand_is_replaced_not_chained(host, tmp_path):
+    """An admin who pointed SUBMITFILTER at the RPM's copy: chaining it would run ours twice."""
+    home, conf, env = host
+    rpm_copy = tmp_path / "submit-filter"
+    rpm_copy.write_text(submitadmin.filter_text("/usr/bin/python3", submitadmin.package_dir()))
+    rpm_copy.chmod(0o755)
+    before = f"SUBMITFILTER {rpm_copy}\n"
+    (home / "torque.cfg").write_text(before)
+    assert cli("install", "--submit-filter", "--pbs-home", str(home), env=env).returncode == 0
+    assert not (conf.parent / "submit-filter.chain").exists()
+    assert submitadmin.active_filter((home / "torque.cfg").read_text()) == str(home / submitadmin.FILTER_NAME)
+    assert cli("uninstall", "--submit-filter", "--pbs-home", str(home), env=env).returncode == 0
+    assert (home / "torque.cfg").read_text() == before
