@@ -35,6 +35,15 @@ cut to 61 characters, changed by the server when that name is taken
 ``.JB`` is XML as Torque 6 writes it (``job_file_xml()``) and is rewritten through a
 ``.JC`` copy for as long as the job runs (``rewrite_interval``).
 
+TM tasks (facts: "TM tasks through the job starter"; Torque's start_exec.c start_process and
+become_the_jobs_subprocess): while a job's script runs, the mother superior listens for task
+manager requests on 127.0.0.1 at the port the job sees as ``PBS_MOMPORT``.  ``pbsdsh_text()``
+is a small ``pbsdsh`` (bash) a test puts where the job can run it; ``Cluster.spawn_task()`` does
+the same from the test itself.  A task runs on the node of its vnode, as the user, in its own
+session, with the job's environment plus PBS_TASKNUM / PBS_VNODENUM, in PBS_O_INITDIR or the
+home, stdin /dev/null, stdout/stderr appended to the job's .o/.e, through that node's
+``$job_starter`` as ``[starter, task argv...]``, looked up with execvp() on the job's PATH.
+
 A requeued job is NOT started again (real Torque restarts it at once, forever: facts
 "Exit codes"); ``JobResult.state == "Q"`` tells the caller it would be.
 
@@ -64,6 +73,7 @@ import pwd
 import secrets
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -145,6 +155,8 @@ class Job:
     nodes_spec: Optional[str] = None        # nodes= as the user wrote it; default derived
     jobtype: Optional[str] = None           # qsub -T TYPE: prologue.TYPE tried first
     submit_host: Optional[str] = None       # PBS_O_HOST; default the server (jobid suffix)
+    shell: Optional[str] = None             # qsub -S path_list ("path[@host],..."), see choose_shell
+    interactive: Optional[str] = None       # qsub -I: what the user types into the terminal
 
 
 @dataclass
@@ -181,11 +193,24 @@ class JobResult:
     exec_host: str = ""
     log: list[str] = field(default_factory=list)   # mom-log-like event lines
     sim_timed_out: bool = False               # the simulator's own safety bound fired
+    terminal: str = ""                        # qsub -I: what the user's terminal showed
+    tasks: list = field(default_factory=list) # TaskRun of every TM task of the job
 
     def runs(self, script: str, node: Optional[str] = None) -> list[HookRun]:
         """The HookRuns of one script name (optionally on one node)."""
         return [h for h in self.hook_runs
                 if h.script == script and (node is None or h.node == node)]
+
+
+@dataclass
+class TaskRun:
+    """One TM task (pbsdsh, tm_spawn) and its obit."""
+    node: str
+    vnode: int
+    tasknum: int
+    argv: list
+    status: Optional[int] = None   # exit code, 256+N for signal N (as the job's exit_status)
+    pid: int = 0
 
 
 @dataclass
@@ -213,6 +238,16 @@ class _Ctx:
     holding: set = field(default_factory=set)   # nodes whose mom holds the job (its .JB)
     files_lock: threading.Lock = field(default_factory=threading.Lock)
     log: list = field(default_factory=list)
+    shell: str = "/bin/sh"          # what set_shell() chose on the MS
+    cookie: str = ""                # PBS_JOBCOOKIE, one per job (TM requests must carry it)
+    tm_port: int = 0                # PBS_MOMPORT: where the simulated mom takes TM requests
+    task_seq: int = 1               # task ids: the job's shell is task 1
+    tasks: list = field(default_factory=list)     # TaskRun
+    sessions: set = field(default_factory=set)    # live session ids of the job (shell, tasks)
+    termed: set = field(default_factory=set)      # pids that already got mom's one SIGTERM
+    ending: bool = False
+    terminal: str = ""              # qsub -I: what the terminal showed
+    tm_server: Optional[socket.socket] = None
 
 
 # --------------------------------------------------------------------------------------
@@ -407,6 +442,37 @@ def parse_walltime(value: str) -> int:
     return secs
 
 
+def choose_shell(path_list: Optional[str], login_shell: str, node: str) -> str:
+    """The shell pbs_mom runs the job with (src/resmom/linux/mom_start.c set_shell()): the
+    login shell, unless qsub -S gave a list "path[@host],...": an entry for this host wins
+    at once; an entry without a host is taken but a later one may replace it."""
+    shell = login_shell
+    for entry in (path_list or "").split(","):
+        if not entry:
+            continue
+        path, at, host = entry.partition("@")
+        if at:
+            if node.startswith(host):      # strncmp(mom_host, host, strlen(host))
+                return path
+        else:
+            shell = path
+    return shell
+
+
+def setbool(value: str) -> Optional[bool]:
+    """mom_priv/config booleans (src/resmom/parse_config.c setbool()); None: not understood."""
+    v = value.strip()
+    if v[:1] in ("t", "T", "y", "Y", "1"):
+        return True
+    if v[:1] in ("f", "F", "n", "N", "0"):
+        return False
+    if v.lower() == "on":
+        return True
+    if v.lower() == "off":
+        return False
+    return None
+
+
 def format_hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -452,6 +518,51 @@ def ensure_hosts(mapping: dict, hosts_file: str | Path = "/etc/hosts") -> None:
             fh.seek(0)
             fh.write(new_text)
             fh.truncate()
+
+
+PBSDSH = r"""#!/bin/bash
+# pbsdsh of the pbs_mom simulator (tests/momsim.py): asks the job's mother superior, at
+# 127.0.0.1:$PBS_MOMPORT with the job's cookie (as tm_init() does), to spawn PROGRAM as a TM
+# task on every vnode of the job, on vnode N (-n N), on the first N (-c N), or once per
+# distinct name in $PBS_NODEFILE (-u). As Torque's pbsdsh: the tasks' output goes to the job's
+# .o/.e, each task that ends non-zero is reported on stderr, and pbsdsh itself exits 0.
+# NOT FAITHFUL: -e, -E, -o, -h, -s and -v are not supported; no reconnect.
+id="pbsdsh()"
+vnodes=all
+while getopts "c:n:u" opt; do
+    case $opt in
+        c) vnodes=$(seq -s ' ' 0 $((OPTARG - 1))) ;;
+        n) vnodes=$OPTARG ;;
+        u) vnodes=$(awk '!seen[$0]++ {printf "%d ", NR - 1}' "$PBS_NODEFILE") ;;
+        *) echo "usage: pbsdsh [-c copies|-n node|-u] program [args]..." >&2; exit 1 ;;
+    esac
+done
+shift $((OPTIND - 1))
+[ $# -gt 0 ] || { echo "usage: pbsdsh [-c copies|-n node|-u] program [args]..." >&2; exit 1; }
+[ -n "$PBS_ENVIRONMENT" ] || { echo "$id: not executing under PBS" >&2; exit 1; }
+exec 3<>"/dev/tcp/127.0.0.1/$PBS_MOMPORT" || { echo "$id: tm_init failed" >&2; exit 1; }
+{
+    echo "cookie $PBS_JOBCOOKIE"
+    echo "vnodes $vnodes"
+    for a in "$@"; do printf 'arg %s
+' "$(printf %s "$a" | base64 -w0)"; done
+    echo end
+} >&3
+while read -r kw a b <&3; do
+    case $kw in
+        task) [ "$b" = 0 ] || echo "$id: task $a exit status $b" >&2 ;;
+        error) echo "$id: $a $b" >&2; exit 1 ;;
+        done) exit 0 ;;
+    esac
+done
+echo "$id: lost the connection to mom" >&2
+exit 2
+"""
+
+
+def pbsdsh_text() -> str:
+    """The simulator's pbsdsh (bash): put it where the job can run it, e.g. its workdir."""
+    return PBSDSH
 
 
 def ensure_user(name: str = "tduser", uid: int = 2001, home: str | None = None,
@@ -517,6 +628,25 @@ def kill_session(sid: int, sig: int) -> int:
     return n
 
 
+def signal_job(sids, sig: int, termed: set) -> None:
+    """mom's kill_job()/kill_task() (src/resmom/linux/mom_mach.c) for a job's sessions: every
+    live process of each session is found in /proc.  SIGTERM goes out ONCE per process, as
+    killpg(pid) (a process that leads no group gets nothing of its own: its group leader's
+    signal reached it); any other signal goes to each process with kill()."""
+    for sid in list(sids):
+        for pid in session_pids(sid):
+            try:
+                if sig == signal.SIGTERM:
+                    if pid in termed:
+                        continue
+                    termed.add(pid)
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def _reap_later(pid: int) -> None:
     def waiter():
         try:
@@ -524,6 +654,69 @@ def _reap_later(pid: int) -> None:
         except ChildProcessError:
             pass
     threading.Thread(target=waiter, daemon=True).start()
+
+
+_LIBC = None
+
+
+def _job_child(tty: bool = False, execvp: Optional[list] = None, env: Optional[dict] = None,
+               name: str = ""):
+    """What pbs_mom's child does after fork, before the job runs (runs in the child).
+
+    Signals: mom ignores SIGPIPE (mom_main.c) and fork_me() resets only CHLD, HUP, INT and
+    TERM to default, so every job process starts with SIGPIPE ignored; the rest default
+    (subprocess's restore_signals already undid Python's SIGPIPE/SIGXFSZ settings).
+    tty: make stdin the controlling terminal (qsub -I's pty).  execvp: exec it here with
+    the C library's execvp() (a TM task, become_the_jobs_subprocess())."""
+    import ctypes
+    global _LIBC
+    if execvp is not None and _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    if execvp is not None:
+        args = (ctypes.c_char_p * (len(execvp) + 1))(
+            *[a.encode("utf-8", "surrogateescape") for a in execvp], None)
+        _LIBC.execvp.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+
+    def child() -> None:
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if tty:
+            import fcntl
+            import termios
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        if execvp is not None:
+            # environ = the task's (start_exec.c: environ = vtable.v_envp), then execvp():
+            # the C library searches the PATH of that environment.
+            os.environ.clear()
+            os.environ.update(env or {})
+            _LIBC.execvp(args[0], args)
+            err = ctypes.get_errno()
+            os.write(2, f"PBS: {name}: {os.strerror(err)}\n".encode())
+            os._exit(254)
+    return child
+
+
+def _drain(fd: int, timeout: Optional[float], raw: bool = False):
+    """Read what is waiting on a pty master (bounded by timeout; None: until EOF/EIO)."""
+    import select
+    out = bytearray()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            if deadline is None or time.monotonic() >= deadline:
+                break
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:          # EIO: the slave side is closed
+            break
+        if not data:
+            break
+        out += data
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    return bytes(out) if raw else out.decode("utf-8", "replace")
 
 
 def _wait4_nohang(pid: int):
@@ -572,6 +765,7 @@ class Cluster:
         self.server_files: set[str] = set()    # names in server_priv/jobs (file prefixes)
         self._prefixes: dict[str, str] = {}    # job id -> its file prefix
         self._held: dict[str, set[str]] = {n: set() for n in node_names}
+        self._running: dict = {}               # jobid -> _Ctx while its script runs (TM)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         # Every directory from / down must be traversable by the job user (user scripts,
@@ -655,8 +849,11 @@ class Cluster:
 
     def read_config(self, node: str) -> dict:
         """mom_priv/config of a node, re-read on every run (like a HUP'd mom), so a test
-        may edit it.  Returns {"prologalarm": int, "job_starter": str|None}."""
-        out = {"prologalarm": 300, "job_starter": None}
+        may edit it.  Returns {"prologalarm": int, "job_starter": str|None,
+        "job_starter_run_privileged": bool, "source_login_batch": bool,
+        "source_login_interactive": bool} with pbs_mom's defaults (parse_config.c)."""
+        out = {"prologalarm": 300, "job_starter": None, "job_starter_run_privileged": False,
+               "source_login_batch": True, "source_login_interactive": True}
         try:
             text = (self.mom_priv(node) / "config").read_text()
         except FileNotFoundError:
@@ -667,6 +864,11 @@ class Cluster:
                 out["prologalarm"] = int(f[1].strip())
             elif len(f) == 2 and f[0] == "$job_starter":
                 out["job_starter"] = f[1].strip()
+            elif len(f) == 2 and f[0][1:] in ("job_starter_run_privileged", "source_login_batch",
+                                              "source_login_interactive") and f[0][0] == "$":
+                value = setbool(f[1])
+                if value is not None:       # mom ignores what setbool() does not understand
+                    out[f[0][1:]] = value
         return out
 
     def pbs_environment(self, node: str) -> dict:
@@ -787,6 +989,8 @@ class Cluster:
             # job_clone (src/server/job_func.c) names a subjob "<name>-<index>".
             jobname=f"{job.name}-{array_parts(job.jobid)[1]}" if array_parts(job.jobid) else job.name,
             exec_host="+".join(f"{n}/0-{p - 1}" if p > 1 else f"{n}/0" for n, p in nodes),
+            shell=choose_shell(job.shell, pw.pw_shell or "/bin/sh", nodes[0][0]),
+            cookie=secrets.token_hex(16).upper(),
         )
 
     def _log(self, ctx: _Ctx, node: str, text: str) -> None:
@@ -972,12 +1176,14 @@ class Cluster:
                     break
             if aborted_rc is not None:
                 # Facts "Exit codes": 1 -> aborted (C, -2, not requeued); anything else
-                # (incl. -1 permissions, -4 timeout) -> requeued (-3).  Sisters purge
-                # without epilogue.parallel (facts "Ordering").
-                ctx.exit_status = JOB_EXEC_FAIL2 if aborted_rc == 1 else JOB_EXEC_RETRY
-                state = "C" if aborted_rc == 1 else "Q"
+                # (incl. -1 permissions, -4 timeout) -> requeued (-3), but an interactive
+                # job is aborted on any non-zero.  Sisters purge without epilogue.parallel
+                # (facts "Ordering").
+                abort = aborted_rc == 1 or job.interactive is not None
+                ctx.exit_status = JOB_EXEC_FAIL2 if abort else JOB_EXEC_RETRY
+                state = "C" if abort else "Q"
                 self._log(ctx, ms, f"prolog failed, exit {aborted_rc}: "
-                                   f"{'job aborted' if aborted_rc == 1 else 'job requeued'}")
+                                   f"{'job aborted' if abort else 'job requeued'}")
                 for node in ctx.sisters:
                     self._purge(ctx, node)
             else:
@@ -1034,6 +1240,7 @@ class Cluster:
             spool_paths=(ou, er), output_paths=output_paths,
             session_id=ctx.session_id, resources_used=ctx.resc_used, exec_host=exec_host,
             log=ctx.log, sim_timed_out=sim_timed_out,
+            terminal=ctx.terminal, tasks=list(ctx.tasks),
         )
 
     def _on_sisters(self, sisters: list, fn) -> dict:
@@ -1279,6 +1486,7 @@ class Cluster:
         if array_parts(j.jobid):
             # job_clone adds PBS_ARRAYID to the subjob's Variable_List.
             env["PBS_ARRAYID"] = str(array_parts(j.jobid)[1])
+        interactive = j.interactive is not None
         # mom's own variables win over -v values of the same name.
         env.update({
             "PBS_JOBID": j.jobid,
@@ -1290,70 +1498,99 @@ class Cluster:
             "PBS_O_QUEUE": j.queue,
             "PBS_QUEUE": j.queue,
             "PBS_SERVER": ctx.server,
-            "PBS_ENVIRONMENT": "PBS_BATCH",
+            "PBS_ENVIRONMENT": "PBS_INTERACTIVE" if interactive else "PBS_BATCH",
             "PBS_NODENUM": "0",
             "PBS_TASKNUM": "1",
             "PBS_VNODENUM": "0",
-            "PBS_MOMPORT": "15003",
-            "PBS_JOBCOOKIE": secrets.token_hex(16).upper(),
+            # The simulated mom's TM port (real: pbs_mom's, 15003 by default).
+            "PBS_MOMPORT": str(ctx.tm_port or 15003),
+            "PBS_JOBCOOKIE": ctx.cookie,
             "PBS_NUM_NODES": str(nn),
             "PBS_NUM_PPN": str(ppn),
             "PBS_NP": str(ctx.np),
             "HOME": pw.pw_dir,
             "USER": pw.pw_name,
             "LOGNAME": pw.pw_name,
-            "SHELL": pw.pw_shell or "/bin/sh",
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "SHELL": ctx.shell,                       # InitUserEnv(): set_shell()'s choice
         })
+        # The job's own PATH (qsub -v PATH=..., -V) wins over mom's, as in InitUserEnv().
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        if not interactive:
+            env["ENVIRONMENT"] = "BATCH"              # setup_batch_job()
         if "walltime" in j.resources:
             env["PBS_WALLTIME"] = str(parse_walltime(str(j.resources["walltime"])))
         return env
 
     def _run_batch(self, ctx: _Ctx, runs: list) -> bool:
-        """Run the batch script on the MS; sets ctx.exit_status/session_id/resc_used.
-        Returns True when the simulator's own max_job_seconds bound fired."""
+        """Run the batch script (or qsub -I's shell) on the MS; sets ctx.exit_status,
+        session_id, resc_used, and for interactive jobs ctx.terminal.  Returns True when the
+        simulator's own max_job_seconds bound fired."""
         j, pw = ctx.job, ctx.pw
         ms = ctx.ms
-        shell = pw.pw_shell or "/bin/sh"
+        shell = ctx.shell
+        interactive = j.interactive is not None
         sc = self.job_file(ms, j.jobid, JOB_SCRIPT)
-        # Default build (facts "$job_starter"): stdin is a pipe holding the script path
-        # and the -F arguments.
-        stdin_text = " ".join([str(sc)] + [shlex.quote(str(a)) for a in j.args]) + "\n"
-        starter = self.read_config(ms)["job_starter"]
+        cfg = self.read_config(ms)
+        starter = cfg["job_starter"]
+        login = cfg["source_login_interactive" if interactive else "source_login_batch"]
         if starter:
-            # argv = [starter, <shell full path>]; same stdin and env, runs as the user.
-            # NOT FAITHFUL: real mom also wraps every TM-spawned task (pbsdsh, tm-aware
-            # mpirun) on every node with the starter; the simulator has no TM.
+            # argv = [starter, <shell full path>]; same stdin and env (facts "$job_starter";
+            # start_exec.c mom_jobstarter_execute_job() overwrites the "-bash" argv[0]).
             argv, exe = [starter, shell], starter
         else:
-            # Login shell: argv[0] is "-" + basename, so bash reads /etc/profile.
-            argv, exe = ["-" + os.path.basename(shell)], shell
+            # source_login_shells_or_not(): argv[0] is "-" + basename (a login shell, bash
+            # reads /etc/profile) unless $source_login_batch / _interactive is false.
+            name = os.path.basename(shell)
+            argv, exe = ["-" + name if login else name], shell
+        # become_the_user unless a privileged job starter ($job_starter_run_privileged).
+        as_root = bool(starter) and cfg["job_starter_run_privileged"]
+        ids = {} if as_root else dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=ctx.groups)
+        self._start_tm(ctx)
         env = self._job_env(ctx)
         ou, er = self.spool_paths(j.jobid, ms)
-        fd_out = os.open(ou, os.O_WRONLY | os.O_APPEND)
-        fd_err = os.open(er, os.O_WRONLY | os.O_APPEND)
-        r_fd, w_fd = os.pipe()
-        os.write(w_fd, stdin_text.encode())
-        os.close(w_fd)
+        master = None
+        if interactive:
+            # qsub -I: the shell's stdin/stdout/stderr are a pty (its controlling terminal);
+            # no script on stdin.  NOT FAITHFUL: the user's typing is given all at once, and
+            # the prologue's output went to the spool .OU instead of the terminal.
+            master, slave = os.openpty()
+            in_fd = fd_out = fd_err = slave
+        else:
+            fd_out = os.open(ou, os.O_WRONLY | os.O_APPEND)
+            fd_err = os.open(er, os.O_WRONLY | os.O_APPEND)
+            # Default build (facts "$job_starter"): stdin is a pipe holding the script
+            # path and the -F arguments.
+            stdin_text = " ".join([str(sc)] + [shlex.quote(str(a)) for a in j.args]) + "\n"
+            in_fd, w_fd = os.pipe()
+            os.write(w_fd, stdin_text.encode())
+            os.close(w_fd)
         cwd = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
         walltime = parse_walltime(str(j.resources["walltime"])) \
             if "walltime" in j.resources else None
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(
-                argv, executable=exe, stdin=r_fd, stdout=fd_out, stderr=fd_err, cwd=cwd,
+                argv, executable=exe, stdin=in_fd, stdout=fd_out, stderr=fd_err, cwd=cwd,
                 env=env, start_new_session=True, umask=0o077, close_fds=True,
-                user=pw.pw_uid, group=pw.pw_gid, extra_groups=ctx.groups)
+                preexec_fn=_job_child(tty=interactive), **ids)
         except OSError as e:
             os.write(fd_err, f"PBS: exec of {exe} failed: {e.strerror}\n".encode())
-            for fd in (r_fd, fd_out, fd_err):
+            for fd in {in_fd, fd_out, fd_err}:
                 os.close(fd)
+            if master is not None:
+                ctx.terminal = _drain(master, None)
             ctx.exit_status = 255
             ctx.resc_used = self._resc_used(None, 0.0)
+            self._stop_tm(ctx)
             return False
-        os.close(r_fd)
+        for fd in {in_fd, fd_out, fd_err}:
+            os.close(fd)
+        terminal = bytearray()
+        if master is not None:
+            os.write(master, j.interactive.encode())
         sid = proc.pid
         ctx.session_id = sid
+        ctx.sessions.add(sid)
         self._log(ctx, ms, f"job started, session {sid}: {argv}")
 
         reason = None
@@ -1361,6 +1598,8 @@ class Cluster:
         status = ru = None
         sim_timed_out = False
         while True:
+            if master is not None:
+                terminal += _drain(master, POLL, raw=True)
             done, status, ru = _wait4_nohang(proc.pid)
             if done:
                 proc.returncode = 0
@@ -1379,18 +1618,19 @@ class Cluster:
                     reason = "walltime"
                     # NOT FAITHFUL: real mom checks limits every $check_poll_time
                     # (45 s default), so the kill comes up to that much late.
-                    os.write(fd_err, f"=>> PBS: job killed: walltime {int(now)} exceeded "
-                                     f"limit {walltime}\n".encode())
+                    with open(er, "ab") as fh:
+                        fh.write(f"=>> PBS: job killed: walltime {int(now)} exceeded "
+                                 f"limit {walltime}\n".encode())
                 elif now >= self.max_job_seconds:
                     reason = "simulator"
                     sim_timed_out = True
                     self._log(ctx, ms, f"SIMULATOR bound max_job_seconds="
                                        f"{self.max_job_seconds} reached: killing job")
                 if reason:
-                    kill_session(sid, signal.SIGTERM)
+                    signal_job(ctx.sessions, signal.SIGTERM, ctx.termed)
                     term_at = time.monotonic()
             elif kill_at is None and time.monotonic() - term_at >= KILL_DELAY:
-                kill_session(sid, signal.SIGKILL)
+                signal_job(ctx.sessions, signal.SIGKILL, ctx.termed)
                 kill_at = time.monotonic()
             elif kill_at is not None and time.monotonic() - kill_at >= 10:
                 # Unkillable (D state): give up waiting, bounded.
@@ -1399,13 +1639,18 @@ class Cluster:
                 proc.returncode = -9
                 status = None
                 break
-            time.sleep(POLL)
+            if master is None:
+                time.sleep(POLL)
         wall = time.monotonic() - t0
-        # When the top task exits mom kills what is left of the session
-        # (mother_superior_cleanup: kill_job(SIGKILL, "local task termination")).
-        kill_session(sid, signal.SIGKILL)
-        os.close(fd_out)
-        os.close(fd_err)
+        # When the top task exits mom kills what is left of the job: the session and every
+        # TM task (mother_superior_cleanup: kill_job(SIGKILL, "local task termination")).
+        ctx.ending = True
+        signal_job(ctx.sessions, signal.SIGKILL, ctx.termed)
+        self._stop_tm(ctx)
+        if master is not None:
+            terminal += _drain(master, 0.5, raw=True)
+            os.close(master)
+            ctx.terminal = terminal.decode("utf-8", "replace")
 
         if reason == "walltime":
             ctx.exit_status = JOB_EXEC_OVERLIMIT_WT
@@ -1419,6 +1664,167 @@ class Cluster:
         self._log(ctx, ms, f"job ended: exit_status={ctx.exit_status}"
                            + (f" ({reason})" if reason else ""))
         return sim_timed_out
+
+    # ---- TM: tasks spawned through the task manager (pbsdsh) -----------------------
+
+    def _start_tm(self, ctx: _Ctx) -> None:
+        """The MS mom's TM service for this job: TCP on 127.0.0.1 (tm_init() connects to
+        localhost:PBS_MOMPORT).  NOT FAITHFUL: a line protocol of the simulator's own
+        instead of Torque's DIS-encoded TM requests, and one port per job instead of mom's
+        one port; requests must carry the job's cookie, as TM's do."""
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.2)
+        ctx.tm_port = server.getsockname()[1]
+        ctx.tm_server = server
+        with self._lock:
+            self._running[ctx.job.jobid] = ctx
+        threading.Thread(target=self._tm_loop, args=(ctx, server), daemon=True).start()
+
+    def _stop_tm(self, ctx: _Ctx) -> None:
+        with self._lock:
+            self._running.pop(ctx.job.jobid, None)
+        server = ctx.tm_server
+        if server is not None:
+            ctx.tm_server = None
+            server.close()
+        # Tasks still being waited for end with the job (their sessions were killed).
+        deadline = time.monotonic() + 15
+        while any(t.status is None for t in ctx.tasks) and time.monotonic() < deadline:
+            time.sleep(POLL)
+
+    def _tm_loop(self, ctx: _Ctx, server: socket.socket) -> None:
+        while ctx.tm_server is server:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._tm_request, args=(ctx, conn), daemon=True).start()
+
+    def _tm_request(self, ctx: _Ctx, conn: socket.socket) -> None:
+        """One pbsdsh: "cookie C", "vnodes all|N ...", "arg BASE64"..., "end"; answered
+        with "task INDEX STATUS" per task as each ends, then "done"."""
+        import base64
+        try:
+            conn.settimeout(30)
+            fh = conn.makefile("rwb", buffering=0)
+            cookie, vnodes, argv = "", "all", []
+            for raw in fh:
+                word, _, rest = raw.decode("ascii", "replace").strip().partition(" ")
+                if word == "cookie":
+                    cookie = rest
+                elif word == "vnodes":
+                    vnodes = rest
+                elif word == "arg":
+                    argv.append(base64.b64decode(rest).decode("utf-8", "surrogateescape"))
+                elif word == "end":
+                    break
+            if not secrets.compare_digest(cookie, ctx.cookie) or not argv:
+                fh.write(b"error tm_init failed (bad cookie or no program)\n")
+                return
+            slots = [n for n, p in ctx.job.nodes for _ in range(p)]
+            if vnodes == "all":
+                chosen = list(range(len(slots)))
+            else:
+                chosen = [int(v) for v in vnodes.split()]
+                if any(not 0 <= v < len(slots) for v in chosen):
+                    fh.write(f"error only {len(slots)} nodes available\n".encode())
+                    return
+            conn.settimeout(None)
+            done = threading.Condition()
+            results = []
+
+            def one(index: int, vnode: int) -> None:
+                status = self.spawn_task(ctx.job.jobid, vnode, argv)
+                with done:
+                    results.append((index, status))
+                    done.notify()
+
+            for index, vnode in enumerate(chosen):
+                threading.Thread(target=one, args=(index, vnode), daemon=True).start()
+            sent = 0
+            while sent < len(chosen):
+                with done:
+                    while len(results) == sent:
+                        done.wait()
+                    index, status = results[sent]
+                sent += 1
+                fh.write(f"task {index} {status}\n".encode())
+            fh.write(b"done\n")
+        except (OSError, ValueError) as exc:
+            self._log(ctx, ctx.ms, f"TM request failed: {exc}")
+        finally:
+            conn.close()
+
+    def spawn_task(self, jobid: str, vnode: int, argv: list,
+                   env_extra: Optional[dict] = None) -> int:
+        """tm_spawn(): run argv as a task of the running job on the node holding vnode
+        (its line in the nodefile); returns the task's exit status (256+N for signal N)
+        once it ended.  Facts "TM tasks through the job starter"; start_exec.c
+        start_process() and become_the_jobs_subprocess()."""
+        with self._lock:
+            ctx = self._running.get(jobid)
+            if ctx is None or ctx.ending:
+                raise ValueError(f"job {jobid} is not running")
+            ctx.task_seq += 1
+            tasknum = ctx.task_seq
+        j, pw = ctx.job, ctx.pw
+        slots = [n for n, p in j.nodes for _ in range(p)]
+        node = slots[vnode]
+        env = self._job_env(ctx)
+        # initialize_subprocess_environment(): tasks are always "batch"; InitUserEnv() with
+        # a task: PBS_TASKNUM, this node's PBS_NODENUM; mom_comm.c adds PBS_VNODENUM.  No
+        # SHELL (InitUserEnv gets no shell for tasks) unless the job's own variables have
+        # one, no PBS_NP (TMomFinalizeChild only), PBS_NODEFILE only where mom wrote it.
+        env["PBS_ENVIRONMENT"], env["ENVIRONMENT"] = "PBS_BATCH", "BATCH"
+        env["PBS_TASKNUM"] = str(tasknum)
+        env["PBS_VNODENUM"] = str(vnode)
+        env["PBS_NODENUM"] = str(0 if node == ctx.ms else ctx.sisters.index(node) + 1)
+        env.pop("PBS_NP", None)
+        if "SHELL" in j.variables:
+            env["SHELL"] = str(j.variables["SHELL"])
+        else:
+            env.pop("SHELL", None)
+        if node != ctx.ms:
+            env.pop("PBS_NODEFILE", None)
+        env.update(env_extra or {})        # tm_spawn()'s envp (pbsdsh -e/-E)
+        cfg = self.read_config(node)
+        starter = cfg["job_starter"]
+        run = [starter] + list(argv) if starter else list(argv)
+        as_root = bool(starter) and cfg["job_starter_run_privileged"]
+        ids = {} if as_root else dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=ctx.groups)
+        # change_to_subprocess_directory(): PBS_O_INITDIR (qsub -d) if set, else the home.
+        cwd = str(j.variables.get("PBS_O_INITDIR") or pw.pw_dir)
+        ou, er = self.spool_paths(j.jobid, ctx.ms)
+        task = TaskRun(node=node, vnode=vnode, tasknum=tasknum, argv=list(argv))
+        ctx.tasks.append(task)
+        fd_out = os.open(ou, os.O_WRONLY | os.O_APPEND)
+        fd_err = os.open(er, os.O_WRONLY | os.O_APPEND)
+        try:
+            # The child execs with execvp() itself (in _job_child), as mom does: the
+            # program is looked up on the task's own PATH, /bin/sh runs a file without
+            # "#!"; on failure "PBS: prog: error" and exit 254 (become_the_jobs_subprocess).
+            proc = subprocess.Popen(
+                ["/bin/false"], stdin=subprocess.DEVNULL, stdout=fd_out, stderr=fd_err,
+                cwd=cwd if os.path.isdir(cwd) else "/", env=env, start_new_session=True,
+                umask=0o077, close_fds=True,
+                preexec_fn=_job_child(execvp=run, env=env, name=str(argv[0])), **ids)
+        finally:
+            os.close(fd_out)
+            os.close(fd_err)
+        task.pid = proc.pid
+        ctx.sessions.add(proc.pid)
+        self._log(ctx, node, f"task {tasknum} (vnode {vnode}) started, session {proc.pid}: {run}")
+        _, status = os.waitpid(proc.pid, 0)
+        proc.returncode = 0
+        ctx.sessions.discard(proc.pid)
+        task.status = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 256 + os.WTERMSIG(status)
+        self._log(ctx, node, f"task {tasknum} ended: {task.status}")
+        return task.status
 
     @staticmethod
     def _resc_used(ru, wall: float) -> str:

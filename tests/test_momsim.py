@@ -234,7 +234,15 @@ def test_root_under_private_dir_is_refused(tmp_path, job_user):
 def test_job_starter_in_config(make_sim):
     s = make_sim(prologalarm=20, job_starter="/usr/local/bin/starter")
     cfg = s.cluster.read_config("tdnode2")
-    assert cfg == {"prologalarm": 20, "job_starter": "/usr/local/bin/starter"}
+    assert cfg == {"prologalarm": 20, "job_starter": "/usr/local/bin/starter",
+                   "job_starter_run_privileged": False, "source_login_batch": True,
+                   "source_login_interactive": True}
+    with open(s.cluster.mom_priv("tdnode2") / "config", "a") as fh:
+        fh.write("$job_starter_run_privileged True\n$source_login_batch off\n"
+                 "$source_login_interactive maybe\n")
+    cfg = s.cluster.read_config("tdnode2")
+    assert cfg["job_starter_run_privileged"] is True and cfg["source_login_batch"] is False
+    assert cfg["source_login_interactive"] is True     # not a boolean mom knows: unchanged
 
 
 def test_bad_resources_rejected(sim):
@@ -776,3 +784,121 @@ def test_qsub_filter_refusal(sim, rc, words):
         momsim.qsub(sim.cluster, "echo\n", [], user=USER, placement=[("tdnode0", 1)], submit_filter=path,
                     cwd=str(sim.wd))
     assert words in str(refused.value) and refused.value.stderr == "why\n"
+
+
+# ------------------------------------------------------------------ the job's shell (-S)
+
+def test_choose_shell_like_set_shell():
+    f = momsim.choose_shell
+    assert f(None, "/bin/bash", "tdnode0") == "/bin/bash"
+    assert f("/bin/sh", "/bin/bash", "tdnode0") == "/bin/sh"
+    assert f("/bin/zsh@tdnode1,/bin/sh", "/bin/bash", "tdnode0") == "/bin/sh"
+    assert f("/bin/sh,/bin/zsh@tdnode0,/bin/dash", "/bin/bash", "tdnode0") == "/bin/zsh"   # a host match wins
+    assert f("/bin/sh,/bin/dash", "/bin/bash", "tdnode0") == "/bin/dash"     # the last wildcard
+    assert (momsim.setbool("TRUE"), momsim.setbool("off"), momsim.setbool("x")) == (True, False, None)
+
+
+# The top shell (the parent of the script's process) is the one mom started.
+SHELL_REPORT = ("printf 'argv0=%s\\n' \"$(tr '\\0' ' ' < /proc/$PPID/cmdline)\"\n"
+                "echo \"exe=$(readlink /proc/$PPID/exe) SHELL=$SHELL\"\n"
+                "grep -E '^Sig(Ign|Blk)' /proc/self/status\n")
+
+
+def test_S_chooses_the_shell_that_reads_the_job_line_as_a_login_shell(sim):
+    # No "#!" line: the shell Torque chose runs the script itself (a file without one).
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], SHELL_REPORT, shell="/bin/sh"))
+    assert "argv0=-sh \nexe=/usr/bin/dash SHELL=/bin/sh" in r.stdout, r.stdout + r.stderr
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], SHELL_REPORT))
+    assert "argv0=-bash \nexe=/usr/bin/bash SHELL=/bin/bash" in r.stdout, r.stdout + r.stderr
+    with open(sim.cluster.mom_priv("tdnode0") / "config", "a") as fh:
+        fh.write("$source_login_batch false\n")
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], SHELL_REPORT))
+    assert "argv0=bash \n" in r.stdout
+
+
+def test_job_processes_start_with_sigpipe_ignored_like_under_pbs_mom(sim):
+    # mom ignores SIGPIPE and its fork_me() resets only CHLD/HUP/INT/TERM: jobs inherit it.
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], SHELL_REPORT))
+    ignored = int(next(line.split()[1] for line in r.stdout.splitlines() if line.startswith("SigIgn")), 16)
+    assert ignored & (1 << (13 - 1)), "SIGPIPE must be ignored"
+    assert not ignored & (1 << (25 - 1)), "SIGXFSZ must not be ignored"
+
+
+def test_qdel_sends_one_term_per_process(sim):
+    script = "#!/bin/bash\ntrap 'echo TRAPPED' TERM\nfor i in $(seq 100); do sleep 0.1; done\n"
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], script, kill_after=1.0))
+    assert r.stdout.count("TRAPPED") == 1, r.stdout
+    assert r.exit_status == 256 + 15          # the top shell dies of the TERM, as under mom
+
+
+def test_privileged_starter_runs_as_root(sim):
+    starter = sim.root / "starter.sh"
+    starter.write_text("#!/bin/sh\necho \"starter-uid=$(id -u) job=$PBS_JOBID\"\nexec \"$@\"\n")
+    os.chmod(starter, 0o755)
+    with open(sim.cluster.mom_priv("tdnode0") / "config", "a") as fh:
+        fh.write(f"$job_starter {starter}\n$job_starter_run_privileged true\n")
+    job = sim.job([("tdnode0", 1)], "#!/bin/bash\necho script-uid=$(id -u)\n")
+    r = sim.cluster.run(job)
+    assert f"starter-uid=0 job={job.jobid}" in r.stdout
+    assert "script-uid=0" in r.stdout        # what the setting really does: the job as root
+
+
+def test_interactive_job_runs_the_shell_on_a_terminal(sim):
+    typed = 'echo "tty=$(tty | cut -c1-8) env=$PBS_ENVIRONMENT argv0=$0"\nexit 4\n'
+    r = sim.cluster.run(sim.job([("tdnode0", 1)], "", interactive=typed))
+    assert "tty=/dev/pts env=PBS_INTERACTIVE argv0=-bash" in r.terminal, r.terminal
+    assert r.exit_status == 4
+
+
+# ----------------------------------------------------------------------------- TM tasks
+
+def _pbsdsh(sim) -> str:
+    path = sim.wd / "pbsdsh"
+    path.write_text(momsim.pbsdsh_text())
+    os.chmod(path, 0o755)
+    return str(path)
+
+
+def test_pbsdsh_spawns_tasks_by_name_on_the_job_path_as_the_user(sim):
+    pbsdsh = _pbsdsh(sim)
+    report = "echo task=$PBS_TASKNUM vnode=$PBS_VNODENUM node=$PBS_NODENUM env=$PBS_ENVIRONMENT " \
+             "uid=$(id -u) cwd=$(pwd) sid=$(($(ps -o sid= $$)==$$)) nodefile=${PBS_NODEFILE:+yes}"
+    script = f"""#!/bin/bash
+{pbsdsh} -u sh -c '{report}'
+{pbsdsh} -n 1 false
+{pbsdsh} -n 0 no-such-program
+{pbsdsh} -n 9 true
+echo pbsdsh-exit=$?
+"""
+    r = sim.cluster.run(sim.job([("tdnode0", 2), ("tdnode1", 1)], script))
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("task="))
+    assert [line.split()[1:] for line in lines] == [
+        ["vnode=0", "node=0", "env=PBS_BATCH", f"uid={UID}", f"cwd=/home/{USER}", "sid=1", "nodefile=yes"],
+        ["vnode=2", "node=1", "env=PBS_BATCH", f"uid={UID}", f"cwd=/home/{USER}", "sid=1", "nodefile="]], r.stdout
+    assert len({line.split()[0] for line in lines}) == 2          # distinct task numbers
+    assert "pbsdsh(): task 0 exit status 1" in r.stderr
+    assert "PBS: no-such-program: No such file or directory" in r.stderr
+    assert "pbsdsh(): task 0 exit status 254" in r.stderr
+    assert "pbsdsh(): only 3 nodes available" in r.stderr and "pbsdsh-exit=1" in r.stdout
+    assert [(t.node, t.vnode, t.status) for t in r.tasks][:2] in (
+        [("tdnode0", 0, 0), ("tdnode1", 2, 0)], [("tdnode1", 2, 0), ("tdnode0", 0, 0)])
+
+
+def test_tm_task_goes_through_the_job_starter_without_a_shell(make_sim):
+    s = make_sim()
+    starter = s.root / "starter.sh"
+    starter.write_text(f"""#!/bin/sh
+printf '%s\\0' "$0" "$@" >> {s.out}/starter-argv
+[ -p /dev/stdin ] && echo pipe >> {s.out}/stdin-kind || echo other >> {s.out}/stdin-kind
+exec "$@"
+""")
+    os.chmod(starter, 0o755)
+    for node in ("tdnode0", "tdnode1"):
+        with open(s.cluster.mom_priv(node) / "config", "a") as fh:
+            fh.write(f"$job_starter {starter}\n")
+    pbsdsh = _pbsdsh(s)
+    r = s.cluster.run(s.job([("tdnode0", 1), ("tdnode1", 1)], f"#!/bin/bash\n{pbsdsh} -n 1 echo 'a b' c\n"))
+    argvs = (s.out / "starter-argv").read_bytes().decode().split("\0")[:-1]
+    assert argvs == [str(starter), "/bin/bash", str(starter), "echo", "a b", "c"]
+    assert (s.out / "stdin-kind").read_text().split() == ["pipe", "other"]
+    assert "a b c" in r.stdout and r.tasks[0].node == "tdnode1"
