@@ -37,6 +37,10 @@ def install(mom_priv: str, *, python: str = sys.executable, job_starter: bool = 
     target = Path(mom_priv)
     if not target.is_dir():
         raise ConfigError(f"{mom_priv} is not a directory", "give pbs_mom's mom_priv, e.g. /var/spool/torque/mom_priv")
+    if job_starter and runs_starter_as_root(target / "config"):
+        raise ConfigError(f"{target / 'config'} sets $job_starter_run_privileged: pbs_mom would run the job "
+                          f"starter as root with the job's environment (the starter refuses to run so)",
+                          "remove that line from mom_priv/config, then rerun install and restart pbs_mom")
     for name in HOOKS:
         path = target / name
         if path.exists() and not force and "torque_docker" not in path.read_text(errors="replace"):
@@ -69,6 +73,25 @@ def install(mom_priv: str, *, python: str = sys.executable, job_starter: bool = 
 def _write_root(path: Path, text: str, mode: int) -> None:
     from .state import write_file
     write_file(path, text, mode, uid=0, gid=0)
+
+
+def runs_starter_as_root(config_file: Path) -> bool:
+    """Does pbs_mom's config say ``$job_starter_run_privileged true``? (parsed as mom's setbool():
+    the last line wins, a value mom does not understand changes nothing)."""
+    try:
+        text = config_file.read_text()
+    except OSError:
+        return False
+    privileged = False
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0] == "$job_starter_run_privileged":
+            value = words[1].strip()
+            if value[:1] in ("t", "T", "y", "Y", "1") or value.lower() == "on":
+                privileged = True
+            elif value[:1] in ("f", "F", "n", "N", "0") or value.lower() == "off":
+                privileged = False
+    return privileged
 
 
 def set_job_starter(config_file: Path, starter: str, *, force: bool = False) -> None:

@@ -216,6 +216,10 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         if not lines:
             raise Warn(f"no $job_starter in {config}: run=container is unavailable and Open MPI counts the "
                        f"container's cores, not the nodefile's slots (run 'torque-docker install')")
+        from .admin import runs_starter_as_root
+        if runs_starter_as_root(config):
+            return (f"{config} sets $job_starter_run_privileged: the starter would run as root with the job's "
+                    f"environment, so it refuses every job; remove that line and restart pbs_mom")
         words = lines[-1].split(None, 1)
         path = Path(words[1].strip()) if len(words) > 1 else Path("")
         try:

@@ -66,6 +66,9 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
                 print(setup.summary, flush=True)
         else:
             started = time.monotonic()
+            note = lifecycle.refusal_note(cfg, ctx.jobid) if ctx.is_ms else None
+            if note:
+                print(note, flush=True)
             result = lifecycle.teardown(cfg, ctx.jobid, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
             for problem in result.errors:
                 log.error(jobid, f"{kind}: {problem} (torque-docker gc will retry)")
@@ -118,7 +121,7 @@ def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log) -> i
                     f"explanation in {where or 'nowhere: could not write it'}")
     try:
         if lifecycle.starter_installed(ctx.pbs_home):
-            lifecycle.record_refusal(cfg, jobid, user, text)
+            lifecycle.record_refusal(cfg, jobid, user, text, refusal_file=where)
             return EXIT_OK        # the starter prints the reason to the .e and exits 1
     except Exception as exc:
         log.error(jobid, f"cannot hand the refusal to the job starter: {exc}")

@@ -29,6 +29,7 @@ from .state import NodeState, ensure_dir, write_file, write_in_place
 from .torque import HookContext, check_identity, read_nodefile, safe_jobid
 
 CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
+STARTER_RECORD = "starter.json"  # the job starter's record, in the job directory (root's)
 
 
 class Timer:
@@ -132,12 +133,15 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         record = state.load_job(ctx.jobid)
         record["containers"] = started
         state.save_job(ctx.jobid, record)
+        fit_login_shell(runtime, state, ctx.jobid, user, str(started[0]["id"]))
         timer.step("start")
         if ctx.is_ms:
             connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference)
-            write_starter_file(state, ctx.jobid, user, cfg, run, alias=str(started[0]["alias"]),
-                               path=runtime.image_path(reference),
-                               usage_table=model == "process" or cfg.log_verbose)
+        write_starter_file(state, ctx.jobid, user, cfg, run if ctx.is_ms else "sister",
+                           alias=str(started[0]["alias"]), path=runtime.image_path(reference),
+                           usage_table=model == "process" or cfg.log_verbose, image=reference, model=model,
+                           local_aliases=[str(c["alias"]) for c in started],
+                           node_aliases=[n.containers[0].alias for n in nodes])
         where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
                  else f"{len(started)} container(s)")
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
@@ -182,16 +186,21 @@ def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
 
 
 def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config, run: str, alias: str,
-                       path: str = "", refusal: str = "", usage_table: bool = False) -> None:
-    """What the job starter (running as the user) needs: where and how to run the script."""
-    ctr = state.ctr_dir(jobid)
-    info = {"jobid": jobid, "run": run, "alias": alias, "ctr_dir": str(ctr), "shell": user.shell,
+                       path: str = "", refusal: str = "", usage_table: bool = False, image: str = "",
+                       model: str = "node", local_aliases: Sequence[str] = (), node_aliases: Sequence[str] = ()) -> None:
+    """What the job starter (running as the user) needs on this node: where and how to run the
+    script and the TM tasks, or why the job was refused. Root's, in the root-owned job
+    directory, readable by the job's group: the user can read it but neither change nor
+    remove it (a refusal must hold)."""
+    info = {"jobid": jobid, "run": run, "alias": alias, "ctr_dir": str(state.ctr_dir(jobid)), "shell": user.shell,
             "ssh_config": str(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"),
-            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal, "usage_table": usage_table}
-    write_file(ctr / "starter.json", json.dumps(info, indent=1), 0o600, uid=user.uid, gid=user.gid)
+            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal,
+            "usage_table": usage_table, "image": image, "model": model, "local_aliases": list(local_aliases),
+            "node_aliases": list(node_aliases)}
+    write_file(state.job_dir(jobid) / STARTER_RECORD, json.dumps(info, indent=1), 0o640, uid=0, gid=user.gid)
 
 
-def record_refusal(cfg: Config, jobid: str, user_name: str, text: str) -> None:
+def record_refusal(cfg: Config, jobid: str, user_name: str, text: str, refusal_file: Optional[str] = None) -> None:
     """Leave the reason for the job starter, which prints it to the .e instead of running the script."""
     user = lookup(user_name)
     state = NodeState(cfg.paths_state_dir)
@@ -200,8 +209,35 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str) -> None:
     ensure_dir(job_dir, 0o755)
     ensure_dir(ctr, 0o700, user.uid, user.gid)
     state.save_job(jobid, {"jobid": jobid, "user": user.name, "refused": True, "containers": [],
-                           "started": time.time(), "host": cfg.node_name()})
+                           "started": time.time(), "host": cfg.node_name(), "refusal_file": refusal_file or ""})
     write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
+
+
+def refusal_note(cfg: Config, jobid: str) -> Optional[str]:
+    """For the end of a refused job's .o (its only other line is the teardown's): where the reason is."""
+    record = NodeState(cfg.paths_state_dir).load_job(jobid)
+    if not record.get("refused"):
+        return None
+    where = record.get("refusal_file") or ""
+    return (f"torque-docker: job {jobid} was refused and its script did not run: the reason is in the job's .e file"
+            + (f" and in {where}" if where else ""))
+
+
+def fit_login_shell(runtime: Runtime, state: NodeState, jobid: str, user: UserInfo, ident: str) -> None:
+    """sshd refuses every login of a user whose shell does not exist, so the containers' passwd
+    names the user's login shell only when the image has it, else /bin/sh. (The job's own
+    shell is another matter: the job starter checks the one Torque chose.)"""
+    if user.shell and user.shell != "/bin/sh" and not runtime.has_file(ident, user.shell):
+        write_in_place(state.ctr_dir(jobid) / "passwd",
+                       render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, "/bin/sh"))
+
+
+def node_hosts() -> str:
+    """The node's own /etc/hosts (root's), for the containers' /etc/hosts."""
+    try:
+        return Path("/etc/hosts").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str,
@@ -319,8 +355,10 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
                                                   log_level=log_level), 0o644, **own)
     write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
                0o644, **own)
+    write_file(ctr / "session", render.render("session.j2", cfg.paths_template_dir, jobid=jobid, ctr_dir=CTR_DIR),
+               0o644, **own)
     for name in ("hosts", "hosts-launcher"):
-        write_file(ctr / name, render.hosts_text([]), 0o644, **own)
+        write_file(ctr / name, render.hosts_text([], node_hosts()), 0o644, **own)
     write_file(ctr / "passwd", render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, user.shell),
                0o644)
     write_file(ctr / "group", render.group_text(user.name, user.groups), 0o644)
@@ -468,20 +506,25 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     host_config = include_dir / f"{safe_jobid(ctx.jobid)}.conf"
     write_file(host_config, host_text, 0o644)
     write_in_place(ctr / "ssh_config", ctr_text)
-    hosts_text = render.hosts_text([(c["address"], c["alias"]) for c in ordered])
+    here = node_hosts()
+    hosts_text = render.hosts_text([(c["address"], c["alias"]) for c in ordered], here)
     write_in_place(ctr / "hosts", hosts_text)
     siblings = {c.alias for c in nodes[0].containers[1:]}
     write_in_place(ctr / "hosts-launcher",
-                   render.hosts_text([(c["address"], c["alias"]) for c in ordered if c["alias"] not in siblings]))
-    # Containers of a node share its job directory: one push per sister node is enough.
-    push_container_files(host_config, [n.containers[0].alias for n in nodes[1:]],
-                         {"ssh_config": ctr_text, "hosts": hosts_text})
-    timer.step("render")
-
+                   render.hosts_text([(c["address"], c["alias"]) for c in ordered if c["alias"] not in siblings],
+                                     here))
     original = Path(ctx.nodefile).read_text()
-    write_file(state.job_dir(ctx.jobid) / "nodefile.orig", original, 0o644)
     hosts = read_nodefile(original)
     rewritten = render.rewrite_nodefile(hosts, plan.slot_alias(nodes))
+    # Containers of a node share its job directory: one push per sister node is enough. The
+    # nodefile goes too: TM tasks find their slot's container in it on every node. The hosts
+    # file carries this node's /etc/hosts lines to the sisters: a cluster's nodes resolve
+    # the same names.
+    push_container_files(host_config, [n.containers[0].alias for n in nodes[1:]],
+                         {"ssh_config": ctr_text, "hosts": hosts_text, "nodefile": rewritten})
+    timer.step("render")
+
+    write_file(state.job_dir(ctx.jobid) / "nodefile.orig", original, 0o644)
     write_in_place(Path(ctx.nodefile), rewritten)
     # The host's $PBS_HOME is not in the containers; run=container jobs read this copy.
     write_file(ctr / "nodefile", rewritten, 0o644, uid=user.uid, gid=user.gid)
@@ -511,7 +554,7 @@ def push_container_files(host_config: Path, aliases: Sequence[str], files: Dict[
         parts.append(f"i=0; while [ $i -lt {text.count(chr(10))} ] && IFS= read -r l; do "
                      f"printf '%s\\n' \"$l\"; i=$((i+1)); done > {CTR_DIR}/{name}")
     parts.append(f"cat > {CTR_DIR}/{names[-1]}")
-    command = "; ".join(parts)
+    command = "# torque-docker\n" + "; ".join(parts)      # the job's session runs it with /bin/sh
     payload = "".join(texts)
 
     def push(alias: str) -> Optional[str]:

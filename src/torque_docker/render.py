@@ -64,9 +64,22 @@ def _clean(text: str) -> str:
     return "".join(ch for ch in text if ch not in ":\n\r\0")
 
 
-def hosts_text(entries: Iterable[Tuple[str, str]]) -> str:
-    """The containers' /etc/hosts: localhost, then ``address alias`` per container."""
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+def hosts_text(entries: Iterable[Tuple[str, str]], node_hosts: Optional[str] = None) -> str:
+    """The containers' /etc/hosts: the node's own ``/etc/hosts`` (every name the node resolves
+    from it resolves inside too; localhost when it has none), then ``address alias`` per
+    container. A node line that names an alias is left out: an alias resolves only to its
+    container, never to something that could look local to MPI."""
+    entries = list(entries)
+    aliases = {alias for _, alias in entries}
+    lines: List[str] = []
+    for line in (node_hosts or "").splitlines():
+        names = line.split("#", 1)[0].split()[1:]
+        if not aliases.intersection(names):
+            lines.append(line.rstrip())
+    if not any("localhost" in line.split("#", 1)[0].split()[1:] for line in lines):
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"] + lines
+    if node_hosts is not None:
+        lines.append("# torque-docker: the job's containers")
     lines += [f"{address}\t{alias}" for address, alias in entries]
     return "\n".join(lines) + "\n"
 

@@ -152,6 +152,23 @@ class Runtime:
         except DockerException as exc:
             raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None
 
+    def has_file(self, ident: str, path: str) -> bool:
+        """Is ``path`` in the container's file system? Docker's archive endpoint answers a HEAD
+        with the file's stat (resolved inside the container), without copying anything."""
+        api = self.client.api
+        try:
+            response = api.head(api._url("/containers/{0}/archive", ident), params={"path": path},
+                                timeout=api.timeout)
+        except DockerException as exc:
+            raise NodeFault(f"Docker failed to look into container {ident[:12]}: {_short(exc)}") from None
+        except OSError as exc:
+            raise NodeFault(f"Docker failed to look into container {ident[:12]}: {exc}") from None
+        if response.status_code == 404:
+            return False
+        if response.status_code >= 400:
+            raise NodeFault(f"Docker failed to look into container {ident[:12]}: HTTP {response.status_code}")
+        return True
+
     def state(self, ident: str) -> Tuple[str, Optional[int]]:
         """(status, exit code) of a container; ('gone', None) when it no longer exists."""
         try:

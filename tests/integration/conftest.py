@@ -88,11 +88,18 @@ def one_integration_run_at_a_time():
 
 def checkout_python(root: Path) -> str:
     """An interpreter for the hooks this site installs that imports this checkout's package
-    (see tests/conftest.py): /usr/bin/python3 with the checkout's src first on its path."""
-    wrapper = root / "python3"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO / 'src'} exec /usr/bin/python3 \"$@\"\n")
-    os.chmod(wrapper, 0o755)
-    return str(wrapper)
+    (see tests/conftest.py): /usr/bin/python3 with the checkout's src first on its path.
+
+    A venv of the system's Python (its packages included) whose .pth puts src first: no
+    PYTHONPATH in the hooks' environment, which the job starter would hand on to every job."""
+    venv = root / "venv"
+    if not venv.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+                       check=True)
+        for site_dir in venv.glob("lib/python3*/site-packages"):
+            (site_dir / "torque_docker_checkout.pth").write_text(
+                f"import sys; sys.path.insert(0, {str(REPO / 'src')!r})\n")
+    return str(venv / "bin" / "python3")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -153,6 +153,11 @@ def _starter_gone(site):
     (mom_priv(site) / "torque-docker-starter").unlink()
 
 
+def _starter_privileged(site):
+    with open(mom_priv(site) / "config", "a") as fh:
+        fh.write("$job_starter_run_privileged true\n")
+
+
 def _listen_not_local(site):
     rewrite_config(site, "listen_address = 127.0.1.10", "listen_address = 192.0.2.77")
 
@@ -208,6 +213,8 @@ CASES: List[Tuple[str, Callable, str, str]] = [
     ("starter not executable", _starter_not_executable, "job starter", "not executable by job users (mode 700"),
     ("starter writable", _starter_writable, "job starter", "can be changed by others than root"),
     ("starter missing", _starter_gone, "job starter", "torque-docker-starter does not exist"),
+    ("starter run as root", _starter_privileged, "job starter", "sets $job_starter_run_privileged: the starter "
+                                                                 "would run as root"),
     ("listen address not local", _listen_not_local, "listen address", "192.0.2.77"),
     ("state dir writable", _state_dir_writable, "state directory", "writable by others than root"),
     ("template syntax", _template_syntax, "site templates", "ssh_config.j2"),

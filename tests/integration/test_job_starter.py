@@ -91,22 +91,12 @@ def test_two_node_openmpi_job_launches_with_no_flags(site):
 
 
 def test_interactive_session_is_a_login_shell_in_the_container(site):
-    """qsub -I: the simulator has no terminal, so the job (run=host) drives the starter's own
-    interactive command with input on a pipe; ssh -tt gives the shell a pseudo-terminal."""
-    script = """#!/bin/bash
-cd /
-printf 'echo "tty=$(tty | cut -c1-8) marker=$(cat /etc/torque-docker-test-marker) pwd=$(pwd)"\\nexit 5\\n' | \\
-/usr/bin/python3 -c '
-import json, os, sys
-from torque_docker import starter
-info = json.load(open(sys.argv[1]))
-argv = starter.interactive_argv(info, "/bin/bash", os.environ["HOME"], os.environ)
-os.execv(argv[0], argv)' "$STARTER_JSON"
-echo "exit=$?"
-"""
-    job = site.job(script, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE};run=host")
-    ctr = site.state_dir("tdnode0") / "jobs" / job.jobid / "ctr" / "starter.json"
-    job.variables["STARTER_JSON"] = str(ctr)
+    """qsub -I: the simulator gives the job's shell a pseudo-terminal and types into it; the
+    starter opens ssh -tt into the first node's container and starts the shell there."""
+    typed = ('echo "tty=$(tty | cut -c1-8) marker=$(cat /etc/torque-docker-test-marker) pwd=$(pwd) '
+             'env=$PBS_ENVIRONMENT"\nexit 5\n')
+    job = site.job("", [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}", interactive=typed)
     result = site.cluster.run(job)
-    assert "tty=/dev/pts marker=inside-the-openmpi-image pwd=/home/tduser" in result.stdout, result.stdout + result.stderr
-    assert "exit=5" in result.stdout
+    assert "tty=/dev/pts marker=inside-the-openmpi-image pwd=/home/tduser env=PBS_INTERACTIVE" in result.terminal, \
+        result.terminal + result.stderr
+    assert result.exit_status == 5

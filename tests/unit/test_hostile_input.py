@@ -628,10 +628,14 @@ WORDS = st.lists(ARGV_TEXT, max_size=4)
 @given(ABS_PATHS, ENVIRON, ABS_PATHS, ABS_PATHS, WORDS)
 def test_remote_command_words_are_exactly_the_intended_argv(workdir, environ, shell, script, args):
     env = starter.filtered_env(environ, DENY, ("*",))
-    command = starter.remote_command(workdir, env, shell, script, args)
+    program = [shell, script] + list(args)
+    command = starter.remote_command(workdir, env, program, "n-7")
     assignments = [f"{k}={v}" for k, v in sorted(env.items())]
-    assert shlex.split(command) == (["echo", "$$", ">", f"{starter.CTR_DIR}/job.pid;", "cd", workdir, "||", "exit",
-                                     "1;", "exec", "env", "-i"] + assignments + [shell, script] + list(args))
+    base = f"{starter.CTR_DIR}/run-n-7"
+    assert shlex.split(command) == (["read", "-r", "_", "_", "_", "_", "g", "_", "<", "/proc/$$/stat;", "echo", "$g",
+                                     ">", f"{base}.pid;", "cd", workdir, "||", "exit", "1;", "trap", ":", "TERM",
+                                     "INT", "HUP", "USR1", "USR2;", "env", "-i"] + assignments + program
+                                    + [";", "echo", "$?", ">", f"{base}.status"])
 
 
 @budget(100)
@@ -640,10 +644,12 @@ def test_interactive_argv_is_ssh_to_the_alias_with_one_quoted_command(environ, c
     info = {"alias": "td-1-srv-n0", "shell": login, "path": image_path, "env_deny": list(DENY), "env_pass": ["*"]}
     argv = starter.interactive_argv(info, "/bin/sh", cwd, environ)
     assert argv[:5] == ["/usr/bin/ssh", "-tt", "-o", "LogLevel=ERROR", "td-1-srv-n0"] and len(argv) == 6
+    assert argv[5].startswith(starter.MARK)
     env = starter.container_env(info, environ)
     assert env["PATH"] == (image_path or "/usr/local/bin:/usr/bin:/bin")
     assignments = [f"{k}={v}" for k, v in sorted(env.items())]
-    assert shlex.split(argv[5]) == ["cd", cwd, "2>/dev/null", "||", "cd;", "exec", "env", "-i"] + assignments + [login, "-l"]
+    assert shlex.split(argv[5][len(starter.MARK):]) == ["cd", cwd, "2>/dev/null", "||", "cd;", "exec", "env",
+                                                        "-i"] + assignments + ["/bin/sh", "-l"]
 
 
 # The remote side really is a shell: run the commands under dash and bash, with a "shell"
@@ -684,14 +690,15 @@ def test_remote_command_under_a_real_shell_runs_exactly_the_intended_program(tmp
     base = tmp_path_factory.mktemp("run")
     workdir = base / dirname
     workdir.mkdir(exist_ok=True)
-    command = starter.remote_command(str(workdir), env, str(reporter), "/the/job-script", args)
-    prefix = f"echo $$ > {starter.CTR_DIR}/job.pid; "
-    assert command.startswith(prefix)
-    seen = run_under(shell_path, f"echo $$ > {base}/job.pid; " + command[len(prefix):], base)
+    command = starter.remote_command(str(workdir), env, [str(reporter), "/the/job-script"] + args, "n-1",
+                                     ctr_dir=str(base))
+    seen = run_under(shell_path, starter.MARK + command, base)
     assert seen["argv"] == ["/the/job-script"] + args
     assert {k: v for k, v in seen["env"].items() if k != "LC_CTYPE"} == env   # LC_CTYPE: Python's PEP 538 coercion
     assert seen["cwd"] == os.path.realpath(workdir)
-    assert not list(base.rglob("pwned")) and (base / "job.pid").exists()
+    assert not list(base.rglob("pwned"))
+    assert int((base / "run-n-1.pid").read_text()) == os.getpgid(0)    # the shell's process group (ours here)
+    assert (base / "run-n-1.status").read_text() == "0\n"
 
 
 @budget(15)
@@ -700,10 +707,10 @@ def test_interactive_command_under_a_real_shell(tmp_path_factory, reporter, dirn
     base = tmp_path_factory.mktemp("login")
     workdir = base / dirname
     workdir.mkdir(exist_ok=True)
-    info = {"alias": "td-1-srv-n0", "shell": str(reporter), "path": "/usr/bin:/bin", "env_deny": [], "env_pass": ["*"]}
-    argv = starter.interactive_argv(info, "/bin/sh", str(workdir), environ)
+    info = {"alias": "td-1-srv-n0", "path": "/usr/bin:/bin", "env_deny": [], "env_pass": ["*"]}
+    argv = starter.interactive_argv(info, str(reporter), str(workdir), environ)
     seen = run_under(shell_path, argv[5], base)
-    assert seen["argv"] == ["-l"]
+    assert seen["argv"] == []          # not a shell known to take -l: run as it is
     expected = starter.container_env(info, environ)
     assert {k: v for k, v in seen["env"].items() if k != "LC_CTYPE"} == expected
     assert seen["cwd"] == os.path.realpath(workdir)
@@ -712,10 +719,10 @@ def test_interactive_command_under_a_real_shell(tmp_path_factory, reporter, dirn
 def test_bug_job_line_with_an_unbalanced_quote():
     r"""FIXED (was a bug found here) (low): starter.read_job_line shlex.splits the line pbs_mom writes (script path and qsub -F
     arguments); an unbalanced quote in -F raises ValueError and the job dies with a Python traceback
-    in its .e instead of a one-line message (starter.py read_job_line: catch ValueError and refuse
-    with a 'torque-docker:' line)"""
-    words = starter.read_job_line(io.StringIO("/var/spool/torque/mom_priv/jobs/1.srv.SC it's\n"))
-    assert words[0].endswith("1.srv.SC")
+    in its .e instead of a one-line message. Now the line is not split at all: the job's shell reads
+    it inside the container, as pbs_mom hands it to the shell on a node without containers."""
+    line = starter.read_job_line(io.StringIO("/var/spool/torque/mom_priv/jobs/1.srv.SC it's\n"))
+    assert line == "/var/spool/torque/mom_priv/jobs/1.srv.SC it's\n"
 
 
 def test_every_property_has_a_budget_and_the_total_is_reported():
