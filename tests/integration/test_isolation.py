@@ -391,6 +391,7 @@ def test_state_and_ssh_files_have_owner_only_modes(site, docker_client):
                 state / "ports.json": (0o600, 0),
                 state / "cores.json": (0o600, 0),
                 job_dir / "job.json": (0o600, 0),
+                job_dir / "starter.json": (0o640, 0),      # the job starter's record: the user reads it only
                 job_dir: (0o755, 0),
                 ctr: (0o700, user.pw_uid),
                 ctr / "id_ed25519": (0o600, user.pw_uid),
