@@ -7,7 +7,7 @@ from the package; a missing variable is an error, never an empty string.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jinja2
 

@@ -319,7 +319,7 @@ def container_env(info: dict, environ: Mapping[str, str], alias: Optional[str] =
     env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
     env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
     env["TORQUE_DOCKER_SSH_CONFIG"] = f"{CTR_DIR}/ssh_config"           # the job's SSH config, inside
-    env["TORQUE_DOCKER_ALIAS"] = alias or info.get("alias", "")
+    env["TORQUE_DOCKER_ALIAS"] = alias or str(info.get("alias", ""))
     env.pop("HYDRA_ENV", None)        # run=host's setting for the host's mpiexec only
     env.setdefault("HOME", environ.get("HOME", "/"))
     return env
@@ -435,7 +435,7 @@ def run_remote(record: dict, alias: str, command: str, rid: str, stdin_data: Opt
     child = subprocess.Popen(ssh_argv(alias, command),
                              stdin=subprocess.PIPE if stdin_data is not None else None,
                              start_new_session=True)
-    if stdin_data is not None:
+    if stdin_data is not None and child.stdin is not None:
         try:
             child.stdin.write(stdin_data)
             child.stdin.close()

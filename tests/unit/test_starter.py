@@ -6,10 +6,8 @@ import io
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
