@@ -1954,6 +1954,14 @@ def _qsub_resources(words: list) -> dict:
     return found
 
 
+def _qsub_option(words: list, flag: str) -> Optional[str]:
+    """The last value of one qsub option (e.g. -S, the job's shell path list)."""
+    import getopt
+    opts, _ = getopt.gnu_getopt(words, QSUB_OPTIONS)
+    values = [value for name, value in opts if name == flag]
+    return values[-1] if values else None
+
+
 def qsub(cluster: Cluster, script: str | bytes, args: list, *, user: str, placement: list,
          submit_filter: str | None = None, cwd: str | None = None, env: dict | None = None) -> Job:
     """Submit as qsub does on a submit host and return the Job the server would queue.
@@ -1991,9 +1999,14 @@ def qsub(cluster: Cluster, script: str | bytes, args: list, *, user: str, placem
         if done.returncode != 0:
             raise QsubError("qsub: submit filter returned an error code, aborting job submission.", stderr)
         data = filtered
-    resources = _qsub_resources(_qsub_directives(data, prefix))
-    resources.update(_qsub_resources([w for flag, value in opts for w in (flag, value)]))
+    directives = _qsub_directives(data, prefix)
+    command_line = [w for flag, value in opts for w in (flag, value)]
+    resources = _qsub_resources(directives)
+    resources.update(_qsub_resources(command_line))
     nodes_spec = resources.pop("nodes", None)
     resources.pop("neednodes", None)
+    # -S (the job's shell path list, chosen from on the node by set_shell()): the command
+    # line wins over the script's directive, as for every option.
+    shell = _qsub_option(command_line, "-S") or _qsub_option(directives, "-S")
     return Job(jobid=cluster.new_jobid(), user=user, script=data.decode("utf-8", "surrogateescape"),
-               nodes=placement, resources=resources, workdir=cwd, nodes_spec=nodes_spec)
+               nodes=placement, resources=resources, workdir=cwd, nodes_spec=nodes_spec, shell=shell)

@@ -902,3 +902,14 @@ exec "$@"
     assert argvs == [str(starter), "/bin/bash", str(starter), "echo", "a b", "c"]
     assert (s.out / "stdin-kind").read_text().split() == ["pipe", "other"]
     assert "a b c" in r.stdout and r.tasks[0].node == "tdnode1"
+
+
+def test_qsub_takes_the_shell_from_S_command_line_first(sim):
+    script = "#!/bin/sh\n#PBS -S /bin/sh\n" + SHELL_REPORT
+    job = momsim.qsub(sim.cluster, script, [], user=USER, placement=[("tdnode0", 1)], cwd=str(sim.wd))
+    assert job.shell == "/bin/sh"
+    assert "exe=/usr/bin/dash SHELL=/bin/sh" in sim.cluster.run(job).stdout
+    job = momsim.qsub(sim.cluster, script, ["-S", "/bin/zsh@tdnode9,/bin/bash"], user=USER,
+                      placement=[("tdnode0", 1)], cwd=str(sim.wd))
+    assert job.shell == "/bin/zsh@tdnode9,/bin/bash"
+    assert "exe=/usr/bin/bash SHELL=/bin/bash" in sim.cluster.run(job).stdout
