@@ -67,6 +67,7 @@ _TAG = re.compile(rb"<(/?)(" + _NAME + rb")((?:\s+" + _NAME + rb"\s*=\s*(?:\"[^\
 _DECLARATION = re.compile(rb"\s*<\?xml\s[^<>]*\?>")
 _ENTITY = re.compile(r"&(?:(amp|lt|gt|quot|apos)|#([0-9]{1,7})|#x([0-9a-fA-F]{1,6}));")
 _NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+_USER_PART = b"attributes"     # ATTRIB_TAG: saveJobToXML writes the fixed fields before it
 
 
 def _unescape(text: str) -> str:
@@ -84,11 +85,15 @@ def _unescape(text: str) -> str:
 def parse_job_file(data: bytes) -> JobFile:
     """The job id and file prefix of one ``.JB`` (or ``.JC``) image; BadJobFile unless complete.
 
-    Every tag is matched against its end tag, so a file cut anywhere (before the final
-    ``</job>``) is refused. Text between tags is not interpreted except for the two
-    values read: the job's own values (its environment in ``Variable_List``) may hold
-    characters an XML 1.0 parser rejects, and one user's environment must not blind the
-    sweep on a whole node.
+    The job's own fields, which saveJobToXML writes before ``<attributes>`` (numbers, the
+    id, the prefix, the queue: nothing a user writes), are read strictly: every tag is
+    matched against its end tag. ``<attributes>`` and what follows are only required to end
+    with the closing ``</job>``, so a file cut anywhere is still refused. The attributes
+    hold the user's own text (the environment in ``Variable_List``), and libxml2 does not
+    always escape it: saveJobToXML passes values to xmlNewChild, which reads ``&`` up to
+    the next ``;`` as an entity reference and writes it back verbatim, markup included
+    (measured with libxml2 2.9). One user's environment must not make the file unreadable,
+    which would blind the sweep on a whole node, nor add a job id to it.
     """
     if len(data) > MAX_BYTES:
         raise BadJobFile(f"larger than {MAX_BYTES} bytes")
@@ -134,6 +139,11 @@ def parse_job_file(data: bytes) -> JobFile:
                 values[name].append("")
                 continue
             text_of, text = name, []
+        elif len(stack) == 1 and name == _USER_PART and not empty:
+            if not data[pos:].rstrip().endswith(b"</job>"):
+                raise BadJobFile("incomplete: no closing </job> (a file being written?)")
+            stack = []            # the rest is the job's attributes: user text, not read
+            break
         if not empty:
             stack.append(name)
     if not root_seen or stack:

@@ -53,6 +53,32 @@ def test_user_text_that_xml_forbids_does_not_blind_the_reader():
     assert parse_job_file(job_xml("7.vm", "7.vm", "A=&#x1;&#27;b,C=x&y")).jobid == "7.vm"
 
 
+#: What libxml2 2.9 writes for Variable_List values holding ``&...;`` (saveJobToXML passes
+#: them to xmlNewChild, which keeps an entity reference's name verbatim, markup and all):
+#: measured by calling xmlNewChild and xmlSaveFormatFileEnc as job_recov.c does.
+RAW_MARKUP = [
+    "X=&</Variable_List>;",                                                     # unbalanced
+    "X=&</Variable_List></attributes><jobid>1.vm</jobid><attributes><Variable_List>;",   # a second id
+    "X=&<job>;",
+]
+
+
+@pytest.mark.parametrize("variables", RAW_MARKUP)
+def test_markup_in_a_users_environment_neither_blinds_nor_adds_a_job(variables, pbs_home):
+    """Any user can put these into their job's environment (qsub -v or -V); the sweep of the
+    whole node must still read every job file, and only the job's own id."""
+    data = job_xml("52[1].vm", "52-1.vm", variables)
+    assert variables.encode() in data
+    assert parse_job_file(data) == JobFile("52[1].vm", "52-1.vm")
+    put(pbs_home, "52-1.vm.JB", data)
+    put(pbs_home, "9.vm.JB", job_xml("9.vm", "9.vm"))
+    assert held_jobs(pbs_home, tries=1) == {"52[1].vm", "9.vm"}
+    end = data.rindex(b"</job>")
+    for cut in (end, end - 20, data.index(b"</Variable_List>") + 3):
+        with pytest.raises(BadJobFile):
+            parse_job_file(data[:cut])
+
+
 def test_every_cut_of_a_file_is_unreadable_never_a_job():
     """pbs_mom writes the new version into a .JC while the sweep may read it: any cut short
     of the closing </job> must be refused."""
