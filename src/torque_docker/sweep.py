@@ -8,7 +8,8 @@ containers that dockerd keeps running. Every prologue sweeps its node, and admin
 When in doubt, keep. A job is removed only when all of these hold: it is older than the
 grace period; no prologue of it runs on this node right now (a sister's pbs_mom writes
 the job's file only after prologue.parallel); and two reads of pbs_mom's job files, a
-moment apart, both lack its id. The ids come from inside the files (momjobs.py), because
+moment apart, both lack its id, and so does a last one under the job's lock right before
+its teardown. The ids come from inside the files (momjobs.py), because
 file names follow the job's file prefix, not its id (array subjobs, long ids, renamed
 prefixes, multi-mom ports). If the files cannot be read, nothing is removed and the
 reason is logged.
@@ -154,6 +155,11 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
             gone = []
     for jobid in sorted(candidates):
         claim = _claim(cfg, jobid) if jobid in gone else None
+        if claim is not None and mom_knows(pbs_home, jobid):
+            # Read again under the lock: tearing down the jobs before this one can take
+            # minutes, and a requeued job may have come back and been set up meanwhile.
+            os.close(claim)
+            claim = None
         if claim is None:
             report["kept"].append(jobid)
             continue

@@ -130,3 +130,21 @@ def test_a_job_whose_prologue_runs_is_kept_and_a_prologue_waits_for_a_sweep(node
         finally:
             os.close(claim)
     assert sweep.gc(cfg, str(pbs_home), grace=0, server="s", runtime=docker)["removed"] == ["9.s"]
+
+
+def test_a_job_that_comes_back_while_others_are_torn_down_is_kept(node):
+    """The job files are read before any teardown; removing the jobs before one can take
+    minutes, and a requeued job may arrive and be set up meanwhile: it must not be the
+    sweep's to remove any more."""
+    cfg, pbs_home, jobs = node
+
+    class SlowDocker(FakeDocker):
+        def remove(self, ident):
+            if self.live.get(ident) == "1.s":          # while 1.s goes, 2.s is back on the node
+                (jobs / "2.s.JB").write_text(job_file("2.s", "2.s"))
+            return super().remove(ident)
+
+    docker = SlowDocker(["1.s", "2.s"])
+    report = sweep.gc(cfg, str(pbs_home), grace=0, server="s", runtime=docker)
+    assert report["removed"] == ["1.s"] and report["kept"] == ["2.s"]
+    assert docker.removed == ["1.s"]
