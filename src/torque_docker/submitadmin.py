@@ -40,9 +40,14 @@ def active_filter(text: str) -> str:
     return words[1] if len(words) > 1 else ""
 
 
-def filter_text(python: str, package_dir: str) -> str:
-    """The shipped filter with its interpreter and package directory filled in."""
+def filter_text(python: str, package_dir: str, site_config: Optional[str] = None) -> str:
+    """The shipped filter with its interpreter, package directory and site config filled in.
+
+    The config path is fixed in the filter (this process's, i.e. the admin's, by default):
+    it also locates the record of the site's own filter, and the filter runs as the user,
+    whose environment must not choose either."""
     from .admin import PACKAGE_HOOKS
+    from .config import ENV_VAR, config_path
     lines = (PACKAGE_HOOKS / FILTER_SOURCE).read_text().splitlines(keepends=True)
     out = []
     for line in lines:
@@ -50,6 +55,8 @@ def filter_text(python: str, package_dir: str) -> str:
             line = f"#!{python} -IS\n"
         elif line.startswith("sys.path.insert(0,") and "package directory" in line:
             line = f"sys.path.insert(0, {package_dir!r})  # torque-docker: package directory\n"
+        elif line.startswith("os.environ[") and "site config" in line:
+            line = f"os.environ[{ENV_VAR!r}] = {site_config or config_path()!r}  # torque-docker: site config\n"
         out.append(line)
     return "".join(out)
 

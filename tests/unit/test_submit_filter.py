@@ -400,6 +400,33 @@ def test_a_sites_filter_runs_first_and_its_rejection_stands(tmp_path, monkeypatc
     assert not Path(submit.chain_path()).exists()
 
 
+def test_the_users_environment_chooses_neither_the_site_filter_nor_the_policy(tmp_path, monkeypatch):
+    """The filter runs as the user: pointing TORQUE_DOCKER_CONF elsewhere must not skip the
+    site's own filter (qsub ran it unskippably before install) nor the site's image policy."""
+    home = tmp_path / "pbs_home"
+    home.mkdir()
+    conf = tmp_path / "etc" / "torque-docker.conf"
+    conf.parent.mkdir()
+    conf.write_text("[images]\nallowed = debian:*\n")
+    monkeypatch.setenv("TORQUE_DOCKER_CONF", str(conf))
+    theirs = tmp_path / "site-filter"
+    theirs.write_text("#!/bin/sh\necho '#PBS -A project42'; cat\n")
+    theirs.chmod(0o755)
+    (home / "torque.cfg").write_text(f"SUBMITFILTER {theirs}\n")
+    submitadmin.install(str(home), python="/usr/bin/python3", legacy="", out=open(os.devnull, "w"))
+    ours = str(home / submitadmin.FILTER_NAME)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "torque-docker.conf").write_text("[images]\nallowed = *\n")
+    for elsewhere in ("/nonexistent/torque-docker.conf", str(mine / "torque-docker.conf")):
+        env = {"PATH": "/bin:/usr/bin", "TORQUE_DOCKER_CONF": elsewhere}
+        rc, out, err = run_filter(ours, [], b"#!/bin/sh\necho\n", str(tmp_path), env)
+        assert (rc, out) == (0, b"#PBS -A project42\n#!/bin/sh\necho\n"), err
+        rc, out, err = run_filter(ours, ["-l", "image=evil/x:1"], b"echo\n", str(tmp_path), env)
+        assert (rc, out) == (submit.EXIT_REJECT, b""), err
+        assert "evil/x:1" in err
+
+
 # ----------------------------------------------------------------------------- the fast path
 def test_filter_imports_nothing_heavy_for_a_job_without_an_image(site):
     """What a job without an image costs every qsub: the interpreter and our two parsers."""
