@@ -89,8 +89,10 @@ class _UnixHTTP:
         finally:
             sock.close()
         head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        return status, body
+        words = head.split(b" ", 2)
+        if len(words) < 2:
+            raise ValueError(f"not an HTTP answer: {head[:40]!r}")
+        return int(words[1]), body
 
 
 def from_daemon(endpoint: str, reference: str) -> "tuple[str, str]":

@@ -164,3 +164,34 @@ def test_user_given_digest_is_kept(site, registry):
     script = f"#PBS -l image=lab/x:1@{DIGEST}\necho\n".encode()
     rc, out, err = site.run([], script)
     assert rc == 0 and qsub_sees([], out)["other"] == f"image=lab/x:1@{DIGEST}" and FakeRegistry.seen == []
+
+
+@pytest.mark.parametrize("answer", [b"", b"garbage"])
+def test_a_daemon_that_answers_nothing_is_a_reason_not_a_crash(tmp_path, answer):
+    """A daemon restarting (or anything else on the socket) closing at once: pin = submit
+    must go on to the registry and at worst warn, not fail every container qsub."""
+    import os
+    import socket
+    path = str(tmp_path / "docker.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def serve():
+        for _ in range(2):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        digest, why = pin.from_daemon(f"unix://{path}", "lab/x:1")
+    finally:
+        server.close()
+        os.unlink(path)
+    assert digest == "" and "not an HTTP answer" in why
