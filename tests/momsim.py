@@ -379,8 +379,14 @@ def default_output_name(name: str, jobid: str, key: str) -> str:
 
 
 def _xml_text(value: str) -> str:
-    """Element text as libxml2 writes it: ``& < >`` as entities, control characters as
-    character references (which XML 1.0 parsers refuse: the reader must not care)."""
+    """Element text with ``& < >`` as entities, control characters as character references
+    (which XML 1.0 parsers refuse: the reader must not care).
+
+    NOT FAITHFUL: saveJobToXML hands values to libxml2's xmlNewChild, which reads them as
+    XML: ``&name;`` is written back verbatim (markup between ``&`` and ``;`` included), an
+    unterminated ``&`` or a character reference libxml2 refuses empties the whole value
+    (measured with libxml2 2.9). Here every ``&`` is escaped; tests/unit/test_momjobs.py
+    reads files with such verbatim markup."""
     out = []
     for ch in str(value):
         if ch == "&":
