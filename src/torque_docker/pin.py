@@ -23,7 +23,8 @@ import re
 import socket
 import urllib.parse
 
-TIMEOUT = 5.0
+TIMEOUT = 5.0          # each socket operation
+TOTAL_TIMEOUT = 10.0   # a whole registry lookup, name resolution included: qsub waits for it
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -132,8 +133,22 @@ def _bearer(challenge: str) -> "dict[str, str]":
     return dict(re.findall(r'(\w+)="([^"]*)"', challenge))
 
 
-def from_registry(reference: str) -> "tuple[str, str]":
-    """(digest, '') or ('', why not) from the registry's HTTP API, anonymously."""
+def from_registry(reference: str, total: float = TOTAL_TIMEOUT) -> "tuple[str, str]":
+    """(digest, '') or ('', why not) from the registry's HTTP API, anonymously, within ``total``
+    seconds: urllib bounds each socket operation but not name resolution or a slow trickle,
+    and the user's qsub waits for this. The lookup runs in a daemon thread that is simply
+    abandoned past the bound (the filter process exits soon after)."""
+    import threading
+    outcome: "list[tuple[str, str]]" = []
+    worker = threading.Thread(target=lambda: outcome.append(_from_registry(reference)), daemon=True)
+    worker.start()
+    worker.join(total)
+    if not outcome:
+        return "", f"{Reference(reference).registry} did not answer within {total:.0f} s"
+    return outcome[0]
+
+
+def _from_registry(reference: str) -> "tuple[str, str]":
     import urllib.request
     from urllib.error import HTTPError, URLError
 
@@ -155,6 +170,9 @@ def from_registry(reference: str) -> "tuple[str, str]":
                 realm = params.pop("realm", "")
                 if not realm:
                     return "", f"{ref.registry} asks for credentials"
+                if urllib.parse.urlsplit(realm).scheme not in ("http", "https"):
+                    # urlopen would also follow file: and ftp: names the registry chose
+                    return "", f"{ref.registry} names a token service that is not http(s): {realm[:80]}"
                 token_url = realm + "?" + urllib.parse.urlencode(params)
                 try:
                     with urllib.request.urlopen(token_url, timeout=TIMEOUT) as answer:

@@ -195,3 +195,52 @@ def test_a_daemon_that_answers_nothing_is_a_reason_not_a_crash(tmp_path, answer)
         server.close()
         os.unlink(path)
     assert digest == "" and "not an HTTP answer" in why
+
+
+def test_a_registry_that_trickles_is_bounded_as_a_whole():
+    """urllib bounds each socket operation; a registry that sends a byte every few seconds
+    would hold qsub far longer. The whole lookup has one deadline."""
+    import socket
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        try:
+            conn, _ = listener.accept()
+            conn.recv(4096)
+            for char in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 100:
+                if stop.wait(0.5):
+                    break
+                conn.send(bytes([char]))
+            conn.close()
+        except OSError:
+            pass        # the client gave up and closed: that is the point
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        digest, why = pin.from_registry(f"localhost:{listener.getsockname()[1]}/lab/x:1", total=1.5)
+        assert digest == "" and "did not answer within 2 s" in why     # given up, not finished
+    finally:
+        stop.set()
+        listener.close()
+
+
+class FileRealmRegistry(FakeRegistry):
+    def do_HEAD(self):
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="file:///etc/passwd",service="x"')
+        self.end_headers()
+
+
+def test_a_token_service_that_is_not_http_is_never_opened():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FileRealmRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        digest, why = pin.from_registry(f"localhost:{server.server_address[1]}/lab/x:1")
+        assert digest == "" and "not http(s): file:///etc/passwd" in why
+    finally:
+        server.shutdown()
+        server.server_close()
