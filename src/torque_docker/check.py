@@ -396,4 +396,7 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
                 runtime.remove(ident)
         return None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            lifecycle.release_job_files(NodeState(str(work)), jobid)   # its tmpfs first: never delete through a mount
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
