@@ -628,7 +628,8 @@ def container_tmpfs(volumes: Sequence[str], binds: Sequence[Tuple[str, str, bool
     """/tmp, and every VOLUME the image declares, as a tmpfs of ``size``: a VOLUME would
     otherwise become an anonymous Docker volume on the node's disk, unbounded, and
     outliving the container unless removed with it. The image's files under a VOLUME
-    path are therefore not seen (Docker would copy them into the new volume). A VOLUME
+    path are therefore not seen (Docker would copy them into the new volume); the
+    directory keeps its mode and owner from the image (runc sets them). A VOLUME
     that is one of the job's mount targets is that mount; one inside a job's mount
     (its home, say) is refused: it would be created in the user's directory on the host."""
     targets = [dst for _, dst, _ in binds]
