@@ -1,8 +1,14 @@
-"""The job user as the node knows it, and what that user may reach on the host.
+"""The job user as the node knows it, what that user may reach on the host, and the ids
+a container's processes really got.
 
 Containers run with the user's uid, gid and supplementary groups, never root. A bind
 mount bypasses the permission checks of the directories above its source, so before a
-host path is mounted we check, as the user, that the user could reach it anyway.
+host path is mounted we check, as the user, that the user could reach it anyway (and
+that it is the very object root pinned, see hostpath.py).
+
+Docker and runc look the gids up by NAME in an /etc/group first (the image's, then the
+container's), so what a container gets is not simply what was asked for: after start,
+every process of it is read from the host's /proc and must have exactly the user's ids.
 """
 from __future__ import annotations
 

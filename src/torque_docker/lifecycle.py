@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import hostpath, keys, plan, policy, probe, render, resources
 from .config import Config, resolve_address
-from .errors import ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
+from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
 from .log import Log
 from .request import JobRequest, Mount, is_reference, parse_resource_list, request_from_resource_list
@@ -74,7 +74,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     image = policy.resolve_image(request.image, cfg)
     model = request.model or cfg.jobs_default_model
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
-    extra_mounts = policy.check_mounts(request.mounts, cfg) + policy.default_mounts(cfg)
+    extra_mounts = policy.check_mounts(request.mounts, cfg)
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
@@ -118,7 +118,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
 
     address = cfg.listen_address()
     binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid),
-                      forbidden=policy.forbidden_sources(cfg))
+                      forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg))
     setup = Setup(ctx.jobid)
     try:
         tmpfs = container_tmpfs(volumes, binds, cfg.jobs_tmp_size, shown)
@@ -317,8 +317,10 @@ def _pin_dir(path: str, missing: TorqueDockerError) -> hostpath.Pinned:
 
 
 def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path,
-              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES) -> List[Bind]:
-    """Host paths the containers see: the job's files, the user's home and working directory.
+              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES, site: Sequence[Mount] = ()) -> List[Bind]:
+    """Host paths the containers see: the job's files, the user's home and working directory,
+    the mounts the job asked for (``extra``, checked by policy.check_mounts) and the site's
+    ``[mounts] default`` (``site``: a problem with those is the admin's, a ConfigError).
 
     The job's files are root's (see prepare_job_dir). Every other source is resolved, then
     pinned (opened without following links), checked through the pin against the policy
@@ -346,15 +348,24 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
         if mount.target in own_dirs or mount.target in (dst for _, dst, _ in binds):
             raise RequestError(f"mount target {mount.target} is already the job's home or working directory",
                                "mount it somewhere else, e.g. under /data")
+        if mount.target in {m.target for m in site}:
+            raise RequestError(f"mount target {mount.target} is already a mount of this site ([mounts] default)",
+                               "mount it somewhere else, e.g. under /data")
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
                                     "ask for a directory you can read")))
+    for mount in site:
+        wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
+                       ConfigError(f"[mounts] default {mount} is not a directory {user.name} can read on this node",
+                                   "fix [mounts] default, or make the directory reachable on every node")))
     pins: List[hostpath.Pinned] = []
     try:
-        for source, target, _, missing in wanted:
+        for n, (source, target, _, missing) in enumerate(wanted):
             pinned = _pin_dir(source, missing)
             pins.append(pinned)
             problem = policy.host_path_problem(pinned.path, target, forbidden)
+            if problem and n >= len(wanted) - len(site):
+                raise ConfigError(f"[mounts] default {source} {problem}", "remove it from [mounts] default")
             if problem and target != user.home:
                 raise PolicyError(f"{source} {problem}", "mount a data directory of your own instead")
         ok = reachable_dirs(user, pins)

@@ -87,6 +87,21 @@ def test_job_binds_hold_the_checked_objects(tmp_path, monkeypatch):
         hostpath.close_all([b.pin for b in binds])
 
 
+def test_a_bad_site_mount_is_the_admins_error_not_the_users(tmp_path, monkeypatch):
+    from torque_docker.errors import ConfigError
+    home = tmp_path / "home"
+    home.mkdir()
+    user = UserInfo("alice", 1000, 1000, str(home), "/bin/sh", "", (("alice", 1000),))
+    monkeypatch.setattr(lifecycle, "reachable_dirs", lambda user, paths: tuple(True for _ in paths))
+    for source in ("/run", str(tmp_path / "missing")):
+        with pytest.raises(ConfigError) as info:
+            lifecycle.job_binds(user, "", [], tmp_path / "ctr", site=[Mount(source, "/site", True)])
+        assert not info.value.user_error and "[mounts] default" in info.value.message
+    (tmp_path / "data").mkdir()
+    with pytest.raises(PolicyError):                  # the same path asked for by the user is theirs
+        lifecycle.job_binds(user, "", [Mount("/run", "/site", True)], tmp_path / "ctr")
+
+
 # ----------------------------------------------------------------------------- groups and ids
 def test_group_lines_docker_would_misread():
     text = (b"root:x:0:\n5000:x:0:\r\nusers:x:100:\n2001:x:2001:\n\n7:x:+9:\n12:x:junk:\n"
