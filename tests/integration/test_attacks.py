@@ -190,6 +190,10 @@ def test_an_image_group_named_like_a_users_gid_is_refused(make_site, docker_clie
                                         user=grouped_user))
     assert control.exit_status == 0, control.stdout + control.stderr
     assert groups_seen(control) == [[2003, PROJECT_GID]] * 2                  # the group is really carried
+    # runc looks the gids up again, by name, in the container's /etc/group AFTER the mounts:
+    # the job's own (root's) file, so the image's '2001:x:0:' cannot touch tduser's primary gid.
+    primary = site.cluster.run(site.job(GROUPS_SCRIPT, [("tdnode0", 1)], other=f"image={group_image}"))
+    assert groups_seen(primary) == [[2001]] * 2, primary.stdout + primary.stderr
 
     job = site.job(GROUPS_SCRIPT, [("tdnode0", 1)], other=f"image={group_image}", user=grouped_user)
     result = site.cluster.run(job)
