@@ -128,11 +128,12 @@ def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log, atte
     if not user_error:
         if attempt is None:          # failed before it could count (e.g. the config): count now
             try:
-                attempt = NodeState(cfg.paths_state_dir).count_attempt(jobid)
+                attempts = NodeState(cfg.paths_state_dir).count_attempt(jobid)
             except Exception as exc:   # cannot count: do not loop blindly
                 log.error(jobid, f"cannot count attempts: {exc}")
-                attempt = cfg.jobs_max_attempts
-        attempts = attempt
+                attempts = cfg.jobs_max_attempts
+        else:
+            attempts = attempt
         if attempts < cfg.jobs_max_attempts:
             log.warning(jobid, f"node fault, attempt {attempts} of {cfg.jobs_max_attempts}: requeued")
             return EXIT_REQUEUE

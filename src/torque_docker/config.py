@@ -134,7 +134,7 @@ ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", 
 
 def _ulimits(value: str) -> Tuple[Tuple[str, int, int], ...]:
     """``name=soft[:hard]`` words (Docker's --ulimit form); -1 or unlimited for no limit."""
-    out = []
+    out: List[Tuple[str, int, int]] = []
     for word in _words(value):
         name, sep, limits = word.partition("=")
         if not sep or name not in ULIMIT_NAMES:

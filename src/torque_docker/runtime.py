@@ -168,8 +168,8 @@ class Runtime:
             os.close(read_end)
             worker.join(60)
         if "error" in failure:
-            exc = failure["error"]
-            message = exc.message if isinstance(exc, ImageError) else f"it is not a readable tar archive ({exc})"
+            cause = failure["error"]
+            message = cause.message if isinstance(cause, ImageError) else f"it is not a readable tar archive ({cause})"
             raise ImageError(f"the image tarball {message}", "give a file made by 'docker save NAME:TAG'") from None
         if error is not None:
             raise ImageError(f"Docker cannot load the image tarball: {error}", "give a file made by 'docker save'")
@@ -370,7 +370,7 @@ def untagged_tar(source, sink) -> List[str]:
     names = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
     with tarfile.open(fileobj=source, mode="r|*", bufsize=1 << 20) as tin, \
             tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tout:
-        tout.copybufsize = 1 << 20
+        tout.copybufsize = 1 << 20          # type: ignore[attr-defined]  # (3.8+; typeshed lacks it)
         for member in tin:
             name = os.path.normpath(member.name).lstrip("/")
             if name == "repositories":
