@@ -398,5 +398,6 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
     finally:
         try:
             lifecycle.release_job_files(NodeState(str(work)), jobid)   # its tmpfs first: never delete through a mount
-        finally:
             shutil.rmtree(work, ignore_errors=True)
+        except Exception:       # still mounted: left for the admin rather than deleted through the mount
+            pass
