@@ -123,11 +123,6 @@ def _size(value: str) -> str:
     return value.lower()
 
 
-def size_bytes(value: str) -> int:
-    """Bytes in a size accepted by ``_size``."""
-    return int(value.rstrip("kmg")) * {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
-
-
 ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
                 "rss", "rtprio", "rttime", "sigpending", "stack")
 
