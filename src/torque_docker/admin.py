@@ -192,7 +192,8 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
         runtime = lifecycle.runtime_for(cfg)
         before = None if choice.tarball else runtime.image_id(choice.reference)
         reference = lifecycle.ensure_image(runtime, choice, stage_cfg,
-                                           Log(cfg.log_destination, cfg.node_name()), "stage", lock_timeout=wait)
+                                           Log(cfg.log_destination, cfg.node_name()), "stage", lock_timeout=wait,
+                                           retag=True)
         image_id, digest = runtime.image_digest(reference)
     except ImageError as exc:   # the job-side advice ("ask the admin to stage it") is no help here
         if "another job or stager has been fetching" in exc.message:

@@ -400,4 +400,8 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
                 runtime.remove(ident)
         return None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            lifecycle.release_job_files(NodeState(str(work)), jobid)   # its tmpfs first: never delete through a mount
+            shutil.rmtree(work, ignore_errors=True)
+        except Exception:       # still mounted: left for the admin rather than deleted through the mount
+            pass

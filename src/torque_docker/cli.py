@@ -54,10 +54,17 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
 
     jobid, log, cfg = args[1], NULL, None
     error: Optional[BaseException] = None
+    attempt: Optional[int] = None
     try:
         cfg = config.load()
         log = Log(cfg.log_destination, cfg.node_name())
         ctx = torque.context_from(kind, argv, os.environ)
+        if kind == "prologue":
+            attempt = count_attempt(cfg, jobid, log)
+            if attempt > cfg.jobs_max_attempts:
+                from .errors import NodeFault
+                raise NodeFault(f"the set-up of this job failed or was stopped {attempt - 1} times on this node "
+                                f"({cfg.node_name()})", "tell the admin: the torque-docker log of that node says why")
         if kind.startswith("prologue"):
             from .sweep import hook_running
             with hook_running(cfg, ctx.jobid):      # no sweep removes the job while it is set up
@@ -88,16 +95,32 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
         log.error(jobid, f"{kind}: internal error: {exc!r}\n{traceback.format_exc()}")
         _say(f"job {jobid}: internal error in {kind}: {exc!r}; please report it to the admin")
     if kind == "prologue" and error is not None:
-        return ms_prologue_failed(args, cfg or config.defaults(), error, log)
+        return ms_prologue_failed(args, cfg or config.defaults(), error, log, attempt)
     return hook_exit_code(kind, error)
 
 
-def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log) -> int:
+def count_attempt(cfg, jobid: str, log) -> int:
+    """Count this start of the job on this node BEFORE any work: a prologue that pbs_mom kills
+    at $prologalarm never runs the code after its work, and Torque requeues it at once
+    (docs/torque-facts.md), so an attempt counted only on failure would let it loop forever.
+    Past ``[jobs] max_attempts`` the job is refused at once, without trying again."""
+    from .state import NodeState
+    try:
+        state = NodeState(cfg.paths_state_dir)
+        state.ensure()
+        return state.count_attempt(jobid)
+    except Exception as exc:   # cannot count: one try, never a blind loop
+        log.error(jobid, f"cannot count attempts: {exc}")
+        return cfg.jobs_max_attempts
+
+
+def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log, attempt: Optional[int] = None) -> int:
     """Requeue a node fault a bounded number of times; refuse everything else where the user sees it.
 
     Torque requeues an MS prologue exit > 1 at once and forever (docs/torque-facts.md), so
-    attempts are counted per job on the node; past ``[jobs] max_attempts`` the fault is
-    explained to the user like a refusal (and stays in the admin log).
+    attempts are counted per job on the node (before the work: count_attempt); past
+    ``[jobs] max_attempts`` the fault is explained to the user like a refusal (and stays in
+    the admin log).
     """
     from . import lifecycle, refusal, torque
     from .state import NodeState
@@ -106,14 +129,21 @@ def ms_prologue_failed(args: Sequence[str], cfg, error: BaseException, log) -> i
     user_error = isinstance(error, TorqueDockerError) and error.user_error
     attempts = 0
     if not user_error:
-        try:
-            attempts = NodeState(cfg.paths_state_dir).count_attempt(jobid)
-        except Exception as exc:   # cannot count: do not loop blindly
-            log.error(jobid, f"cannot count attempts: {exc}")
-            attempts = cfg.jobs_max_attempts
+        if attempt is None:          # failed before it could count (e.g. the config): count now
+            try:
+                attempts = NodeState(cfg.paths_state_dir).count_attempt(jobid)
+            except Exception as exc:   # cannot count: do not loop blindly
+                log.error(jobid, f"cannot count attempts: {exc}")
+                attempts = cfg.jobs_max_attempts
+        else:
+            attempts = attempt
         if attempts < cfg.jobs_max_attempts:
             log.warning(jobid, f"node fault, attempt {attempts} of {cfg.jobs_max_attempts}: requeued")
             return EXIT_REQUEUE
+    try:                             # refused: it does not come back
+        NodeState(cfg.paths_state_dir).forget_attempts(jobid)
+    except Exception as exc:
+        log.error(jobid, f"cannot forget attempts: {exc}")
     text = refusal.explanation(jobid, error, attempts)
     ctx = torque.context_from("prologue", args[:9], os.environ)
     where = refusal.write_as_user(user, ctx.workdir, refusal.file_name(jobid), text)

@@ -113,6 +113,46 @@ def _aliases(value: str) -> Dict[str, str]:
     return aliases
 
 
+def _size(value: str) -> str:
+    """A size as Docker and mount(8) write it (512m, 1g, 65536k, bytes), at least 1 MiB."""
+    match = re.fullmatch(r"([0-9]+)([kmgKMG]?)", value)
+    if not match:
+        raise ValueError("must be a size like 64m or 1g")
+    if int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()] < 1 << 20:
+        raise ValueError("must be at least 1m")
+    return value.lower()
+
+
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+                "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def _ulimits(value: str) -> Tuple[Tuple[str, int, int], ...]:
+    """``name=soft[:hard]`` words (Docker's --ulimit form); -1 or unlimited for no limit."""
+    out: List[Tuple[str, int, int]] = []
+    for word in _words(value):
+        name, sep, limits = word.partition("=")
+        if not sep or name not in ULIMIT_NAMES:
+            raise ValueError(f"{word!r} must be NAME=SOFT[:HARD] with NAME one of {', '.join(ULIMIT_NAMES)}")
+        numbers = []
+        for part in limits.split(":"):
+            if part in ("unlimited", "-1"):
+                numbers.append(-1)
+            elif part.isdigit():
+                numbers.append(int(part))
+            else:
+                raise ValueError(f"{word!r}: {part!r} is not a number or 'unlimited'")
+        if len(numbers) not in (1, 2):
+            raise ValueError(f"{word!r} must be NAME=SOFT[:HARD]")
+        soft, hard = numbers[0], numbers[-1]
+        if hard != -1 and (soft == -1 or soft > hard):
+            raise ValueError(f"{word!r}: the soft limit is above the hard one")
+        if any(n == name for n, _, _ in out):
+            raise ValueError(f"{name} is given twice")
+        out.append((name, soft, hard))
+    return tuple(out)
+
+
 def _log(value: str) -> str:
     if value in ("syslog", "none") or value.startswith("file:/"):
         return value
@@ -149,6 +189,11 @@ OPTIONS: List[Option] = [
     Option("jobs", "process_ipc", _choice("shared", "private"), "shared", "model=process: containers of a node share one IPC namespace (shared memory between ranks)"),
     Option("jobs", "sweep_grace", _seconds, "600", "the prologue's sweep leaves anything younger alone (seconds)"),
     Option("jobs", "max_attempts", _int_range(1, 100), "3", "node-fault requeues of one job on a node before it is aborted"),
+    Option("jobs", "pids_limit", _int_range(0, 4194304), "8192", "most processes and threads in one container (0: no limit; a fork bomb stops here)"),
+    Option("jobs", "ulimits", _ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's)"),
+    Option("jobs", "tmp_size", _size, "1g", "size of the tmpfs at /tmp, and at every VOLUME the image declares, in each container"),
+    Option("jobs", "read_only_root", _bool, "no", "the image's file system is read-only in containers (only /tmp, /dev/shm, the job's files and mounts are writable)"),
+    Option("jobs", "files_size", _size, "16m", "size of the per-job tmpfs that holds the job's keys and SSH files (/run/torque-docker in containers)"),
     Option("images", "allowed", _words, "*", "image patterns users may ask for (fnmatch on the full reference)"),
     Option("images", "aliases", _aliases, "", "short names for images, one 'name = reference' per line"),
     Option("images", "pull", _choice("missing", "never", "always"), "missing", "when to pull"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import keys, plan, policy, probe, render, resources
+from . import hostpath, keys, plan, policy, probe, render, resources
 from .config import Config, resolve_address
-from .errors import ImageError, NodeFault, PolicyError, RequestError, no_sshd
-from .identity import UserInfo, lookup, reachable_dirs
+from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
+from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
 from .log import Log
-from .request import JobRequest, Mount, parse_resource_list, request_from_resource_list
+from .request import JobRequest, Mount, is_reference, parse_resource_list, request_from_resource_list
 from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
 from .state import NodeState, ensure_dir, write_file, write_in_place
 from .torque import HookContext, check_identity, read_nodefile, safe_jobid
@@ -74,7 +75,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     image = policy.resolve_image(request.image, cfg)
     model = request.model or cfg.jobs_default_model
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
-    extra_mounts = policy.check_mounts(request.mounts, cfg) + policy.default_mounts(cfg)
+    extra_mounts = policy.check_mounts(request.mounts, cfg)
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
@@ -109,25 +110,33 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     sweep_node(cfg, ctx, runtime, log)
     # A requeued job starts again from scratch on this node.
     teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
-    reference = ensure_image(runtime, image, cfg, log, ctx.jobid, pinned_fault=ctx.is_ms)
+    reference = ensure_image(runtime, image, cfg, log, ctx.jobid, pinned_fault=ctx.is_ms, user=user)
     image_id = runtime.image_id(reference) or reference
+    shown = image.asked if image.tarball else reference
+    check_image_groups(runtime, state, image_id, shown, user, {L_JOB: ctx.jobid, L_HOST: cfg.node_name()})
+    volumes = runtime.image_volumes(image_id)
     timer.step("image")
 
     address = cfg.listen_address()
-    binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid))
+    binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid),
+                      forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg))
     setup = Setup(ctx.jobid)
     try:
-        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR", image_id=image_id)
+        tmpfs = container_tmpfs(volumes, binds, cfg.jobs_tmp_size, shown)
+        ensure_dir(state.job_dir(ctx.jobid), 0o755)
+        # The record first: whatever is mounted below for this job, gc finds the job by it.
         state.save_job(ctx.jobid, {"jobid": ctx.jobid, "user": user.name, "node_index": ctx.node_index,
                                    "host": cfg.node_name(), "ms": ctx.is_ms, "image": reference,
                                    "containers": [], "started": time.time()})
+        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR", image_id=image_id)
+        staged = stage_binds(state, ctx.jobid, binds)
         timer.step("files")
         cores = resources.torque_cpuset(ctx.jobid)
         if cores is None and slots_here:
             cores = state.allocate_cores(ctx.jobid, slots_here, resources.node_cpus())
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
-                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid))
-        started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, binds,
+                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs)
+        started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, staged,
                                    secrets_.token, limits, image_id)
         setup.containers = started
         record = state.load_job(ctx.jobid)
@@ -144,7 +153,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
                            node_aliases=[n.containers[0].alias for n in nodes])
         where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
                  else f"{len(started)} container(s)")
-        setup.summary = (f"torque-docker: job {ctx.jobid}: image {reference} ({image_id[:19]}), model {model}, run {run}, "
+        setup.summary = (f"torque-docker: job {ctx.jobid}: image {shown} ({image_id[:19]}), model {model}, run {run}, "
                          f"{where}, ready in {timer.total:.1f} s")
         log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")
         if ctx.is_ms:
@@ -155,6 +164,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         for error in undone.errors:
             log.error(ctx.jobid, f"cleanup after failed {ctx.kind}: {error}")
         raise
+    finally:
+        hostpath.close_all([b.pin for b in binds])
 
 
 def sweep_node(cfg: Config, ctx: HookContext, runtime: Runtime, log: Log) -> None:
@@ -207,7 +218,7 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str, refusal_f
     state.ensure()
     job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
     ensure_dir(job_dir, 0o755)
-    ensure_dir(ctr, 0o700, user.uid, user.gid)
+    ensure_dir(ctr, 0o711)
     state.save_job(jobid, {"jobid": jobid, "user": user.name, "refused": True, "containers": [],
                            "started": time.time(), "host": cfg.node_name(), "refusal_file": refusal_file or ""})
     write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
@@ -241,7 +252,8 @@ def node_hosts() -> str:
 
 
 def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str,
-                 lock_timeout: Optional[float] = None, pinned_fault: bool = True) -> str:
+                 lock_timeout: Optional[float] = None, pinned_fault: bool = True, user: Optional[UserInfo] = None,
+                 retag: bool = False) -> str:
     """The image on this node, pulled or loaded when needed. One pull or load of an image
     at a time per node: concurrent jobs wait for it instead of fetching it again.
 
@@ -249,14 +261,40 @@ def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: 
     is missing while pulls are off is this node's fault (the admin stages it), so the MS
     requeues (bounded by [jobs] max_attempts). A sister passes ``pinned_fault=False``:
     users can write any digest, and a user's text must never mark a node down; the
-    sister's admin log and the MS's failed probe say what happened."""
+    sister's admin log and the MS's failed probe say what happened.
+
+    A tarball (image=file:) is opened by root without following links, without blocking,
+    as a regular file only, and only when the job's user can read it; it is loaded without
+    the tags it carries and used by image id (see Runtime.load_private), so it never
+    changes an image anyone else asks for by name. ``retag`` (the admin's ``stage``) then
+    applies those of its tags the site's [images] allowed list permits."""
     if image.tarball:
-        with _image_lock(cfg, image.tarball, lock_timeout):
-            tags = runtime.load(image.tarball)
-        if not tags:
+        try:
+            tarball = hostpath.pin(image.tarball, "file")
+        except (FileNotFoundError, NotADirectoryError):
+            raise PolicyError(f"image tarball {image.tarball} does not exist", "give the path of a file made by "
+                              "'docker save'") from None
+        except hostpath.PathChanged as exc:
+            raise PolicyError(f"image tarball {exc.message}", exc.fix) from None
+        try:
+            if user is not None and not reachable_dirs(user, [tarball])[0]:
+                raise PolicyError(f"image tarball {image.tarball} is not a file {user.name} can read",
+                                  "give a tarball you can read")
+            with _image_lock(cfg, image.tarball, lock_timeout):
+                loaded = runtime.load_private(tarball.fd)
+        finally:
+            tarball.close()
+        if not loaded.ids:
             raise ImageError(f"{image.tarball} holds no image", "make it with 'docker save NAME:TAG > file.tar'")
-        log.info(jobid, f"loaded {image.tarball}: {', '.join(tags)}")
-        return tags[0]
+        applied = []
+        if retag:
+            for tag in loaded.tags:
+                if is_reference(tag) and cfg.image_allowed(tag):
+                    runtime.tag(loaded.ids[0], tag)
+                    applied.append(tag)
+        log.info(jobid, f"loaded {image.tarball}: {', '.join(loaded.ids)} without its tags "
+                        f"({', '.join(loaded.tags) or 'none'})" + (f"; tagged {', '.join(applied)}" if applied else ""))
+        return applied[0] if applied else loaded.ids[0]
     present = runtime.image_id(image.reference) is not None
     if cfg.images_pull == "always" or (not present and cfg.images_pull == "missing"):
         with _image_lock(cfg, image.reference, lock_timeout):
@@ -293,39 +331,114 @@ def _image_lock(cfg: Config, key: str, timeout: Optional[float]):
         lock.release()
 
 
-def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path) -> List[Tuple[str, str, bool]]:
-    """Host paths the containers see: the job's files, the user's home and working directory."""
+class Bind(tuple):
+    """``(host source, container target, read only)``; for a user-chosen directory also the
+    descriptor it was checked through (``pin``), from which it is staged (see hostpath.py)."""
+
+    pin: Optional[hostpath.Pinned]
+
+    def __new__(cls, source: str, target: str, read_only: bool, pin: Optional[hostpath.Pinned] = None) -> "Bind":
+        self = super().__new__(cls, (source, target, read_only))
+        self.pin = pin
+        return self
+
+
+def _pin_dir(path: str, missing: TorqueDockerError) -> hostpath.Pinned:
+    try:
+        return hostpath.pin(path, "dir")
+    except (FileNotFoundError, NotADirectoryError):
+        raise missing from None
+    except OSError as exc:
+        raise RequestError(f"{path} cannot be opened ({exc.strerror})", "give a directory you can read") from None
+
+
+def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path,
+              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES, site: Sequence[Mount] = ()) -> List[Bind]:
+    """Host paths the containers see: the job's files, the user's home and working directory,
+    the mounts the job asked for (``extra``, checked by policy.check_mounts) and the site's
+    ``[mounts] default`` (``site``: a problem with those is the admin's, a ConfigError).
+
+    The job's files are root's (see prepare_job_dir). Every other source is resolved, then
+    pinned (opened without following links), checked through the pin against the policy
+    and, as the user, for reach; the prologue stages the pins, so Docker mounts exactly the
+    objects checked here. The caller closes the pins (hostpath.close_all)."""
     binds = [
-        (str(ctr_dir), CTR_DIR, False),
-        (str(ctr_dir / "passwd"), "/etc/passwd", True),
-        (str(ctr_dir / "group"), "/etc/group", True),
-        (str(ctr_dir / "ssh_config"), "/etc/ssh/ssh_config", True),
-        (str(ctr_dir / "hosts"), "/etc/hosts", True),
+        Bind(str(ctr_dir), CTR_DIR, False),
+        Bind(str(ctr_dir / "passwd"), "/etc/passwd", True),
+        Bind(str(ctr_dir / "group"), "/etc/group", True),
+        Bind(str(ctr_dir / "ssh_config"), "/etc/ssh/ssh_config", True),
+        Bind(str(ctr_dir / "hosts"), "/etc/hosts", True),
     ]
     home = os.path.realpath(user.home)
+    wanted: List[Tuple[str, str, bool, TorqueDockerError]] = [   # (real source, target, ro, error if missing)
+        (home, user.home, False, NodeFault(f"the home directory {user.home} of {user.name} is not reachable on this node",
+                                           "mount the home file system on this node"))]
     own_dirs = [user.home]
     if workdir and os.path.isabs(workdir):
-        real = policy.check_workdir(workdir)
+        real = policy.check_workdir(workdir, forbidden)
         if not (real == home or real.startswith(home.rstrip("/") + "/")):
             own_dirs.append(real)
-    ok = reachable_dirs(user, own_dirs + [m.source for m in extra])
-    if not ok[0]:
-        raise NodeFault(f"the home directory {user.home} of {user.name} is not reachable on this node",
-                        "mount the home file system on this node")
-    if len(own_dirs) > 1 and not ok[1]:
-        raise RequestError(f"the working directory {workdir} cannot be reached by {user.name}",
-                           "submit from a directory you can read")
-    binds += [(path, path, False) for path in own_dirs]
+            wanted.append((real, real, False, RequestError(f"the working directory {workdir} cannot be reached by "
+                                                           f"{user.name}", "submit from a directory you can read")))
     for mount in extra:
         if mount.target in own_dirs or mount.target in (dst for _, dst, _ in binds):
             raise RequestError(f"mount target {mount.target} is already the job's home or working directory",
                                "mount it somewhere else, e.g. under /data")
-    for mount, reachable in zip(extra, ok[len(own_dirs):]):
-        if not reachable:
-            raise RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
-                               "ask for a directory you can read")
-        binds.append((mount.source, mount.target, mount.read_only))
+        if mount.target in {m.target for m in site}:
+            raise RequestError(f"mount target {mount.target} is already a mount of this site ([mounts] default)",
+                               "mount it somewhere else, e.g. under /data")
+        wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
+                       RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
+                                    "ask for a directory you can read")))
+    for mount in site:
+        wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
+                       ConfigError(f"[mounts] default {mount} is not a directory {user.name} can read on this node",
+                                   "fix [mounts] default, or make the directory reachable on every node")))
+    pins: List[hostpath.Pinned] = []
+    try:
+        for n, (source, target, _, missing) in enumerate(wanted):
+            pinned = _pin_dir(source, missing)
+            pins.append(pinned)
+            problem = policy.host_path_problem(pinned.path, target, forbidden)
+            if problem and n >= len(wanted) - len(site):
+                raise ConfigError(f"[mounts] default {source} {problem}", "remove it from [mounts] default")
+            if problem and target != user.home:
+                raise PolicyError(f"{source} {problem}", "mount a data directory of your own instead")
+        ok = reachable_dirs(user, pins)
+        for (source, target, read_only, missing), pinned, reachable in zip(wanted, pins, ok):
+            if not reachable:
+                raise missing
+            binds.append(Bind(source, target, read_only, pinned))
+    except BaseException:
+        hostpath.close_all(pins)
+        raise
     return binds
+
+
+def stage_dir(state: NodeState, jobid: str) -> Path:
+    """Root-only: where a job's user-chosen directories are bind-mounted for Docker."""
+    return state.root / "mnt" / safe_jobid(jobid)
+
+
+def stage_binds(state: NodeState, jobid: str, binds: Sequence[Bind]) -> List[Tuple[str, str, bool]]:
+    """The binds Docker gets: every pinned source replaced by its root-owned staging point."""
+    ensure_dir(state.root / "mnt", 0o700)
+    points = iter(hostpath.stage([b.pin for b in binds if b.pin is not None], stage_dir(state, jobid)))
+    return [(next(points) if b.pin is not None else b[0], b[1], b[2]) for b in binds]
+
+
+def release_job_files(state: NodeState, jobid: str) -> None:
+    """Take the job's mounts on this node down (staging points, the job's tmpfs) and remove
+    the job directory; never deletes through a mount."""
+    hostpath.unstage(stage_dir(state, jobid))
+    job_dir = state.job_dir(jobid)
+    if not job_dir.exists():
+        return
+    hostpath.unmount(state.ctr_dir(jobid))
+    left = hostpath.mounts_under(job_dir) + hostpath.mounts_under(stage_dir(state, jobid))
+    if left:
+        raise NodeFault(f"still mounted: {', '.join(left)}", "unmount them; torque-docker gc retries")
+    shutil.rmtree(job_dir)
 
 
 def image_tag(image_id: str) -> str:
@@ -335,33 +448,51 @@ def image_tag(image_id: str) -> str:
 
 def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys.JobSecrets, cfg: Config,
                     log_level: str, image_id: str = "") -> None:
-    """The job's directory: root-owned 0755 with ``ctr/`` owned by the user, 0700 (keys inside)."""
+    """The job's files on this node, seen in its containers at /run/torque-docker.
+
+    ``<job dir>/ctr`` is a tmpfs of ``[jobs] files_size`` (the containers write there, so it
+    must not fill the node's disk), owned by root, mode 0711: the user can neither create
+    nor replace anything in it, so no path Docker or runc opens at a container's start (the
+    directory itself, passwd, group, hosts, ssh_config) can be swapped by the user, and root
+    never writes into a place the user controls. Files the user must own are made here by
+    root, in place: the private keys (ssh and sshd refuse keys others own), the SSH files the
+    mother superior pushes into sister containers through the job's own ssh (ssh_config,
+    hosts), and the job starter's script, pid and environment files."""
     job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
     ensure_dir(job_dir, 0o755)
-    ensure_dir(ctr, 0o700, user.uid, user.gid)
-    own = dict(uid=user.uid, gid=user.gid)
-    write_file(ctr / "ssh_host_ed25519_key", secrets_.host_key.private_openssh, 0o600, **own)
-    write_file(ctr / "ssh_host_ed25519_key.pub", secrets_.host_key.public_openssh + "\n", 0o644, **own)
-    write_file(ctr / "id_ed25519", secrets_.user_key.private_openssh, 0o600, **own)
-    write_file(ctr / "id_ed25519.pub", secrets_.user_key.public_openssh + "\n", 0o644, **own)
-    write_file(ctr / "authorized_keys", secrets_.user_key.public_openssh + "\n", 0o600, **own)
+    if ctr.exists() or ctr.is_symlink():       # left by an earlier attempt whose teardown failed
+        hostpath.unmount(ctr)
+        if hostpath.mounts_under(ctr):
+            raise NodeFault(f"{ctr} is still mounted", "unmount it; torque-docker gc retries")
+        shutil.rmtree(ctr) if ctr.is_dir() and not ctr.is_symlink() else ctr.unlink()
+    ensure_dir(ctr, 0o711)
+    hostpath.mount_tmpfs(ctr, cfg.jobs_files_size, 0o711)
+    mine = dict(uid=user.uid, gid=user.gid)
+    write_file(ctr / "ssh_host_ed25519_key", secrets_.host_key.private_openssh, 0o600, **mine)
+    write_file(ctr / "ssh_host_ed25519_key.pub", secrets_.host_key.public_openssh + "\n", 0o644)
+    write_file(ctr / "id_ed25519", secrets_.user_key.private_openssh, 0o600, **mine)
+    write_file(ctr / "id_ed25519.pub", secrets_.user_key.public_openssh + "\n", 0o644)
+    write_file(ctr / "authorized_keys", secrets_.user_key.public_openssh + "\n", 0o644)
     host_key = " ".join(secrets_.host_key.public_openssh.split()[:2])
     write_file(ctr / "known_hosts", render.render("known_hosts.j2", cfg.paths_template_dir,
-                                                  alias_pattern=plan.alias_pattern(jobid), host_key=host_key),
-               0o644, **own)
+                                                  alias_pattern=plan.alias_pattern(jobid), host_key=host_key), 0o644)
     write_file(ctr / "sshd_config", render.render("sshd_config.j2", cfg.paths_template_dir, jobid=jobid,
                                                   user=user.name, ctr_dir=CTR_DIR,
                                                   token=secrets_.token,
-                                                  log_level=log_level), 0o644, **own)
-    write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
-               0o644, **own)
+                                                  log_level=log_level), 0o644)
     write_file(ctr / "session", render.render("session.j2", cfg.paths_template_dir, jobid=jobid, ctr_dir=CTR_DIR),
-               0o644, **own)
-    for name in ("hosts", "hosts-launcher"):
-        write_file(ctr / name, render.hosts_text([], node_hosts()), 0o644, **own)
+               0o644)
     write_file(ctr / "passwd", render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, user.shell),
                0o644)
     write_file(ctr / "group", render.group_text(user.name, user.groups), 0o644)
+    write_file(ctr / "ssh_config", f"# torque-docker: job {jobid}: written by the mother superior's prologue\n",
+               0o644, **mine)
+    for name in ("hosts", "hosts-launcher"):
+        write_file(ctr / name, render.hosts_text([], node_hosts()), 0o644, **mine)
+    write_file(ctr / "job-script", "", 0o700, **mine)
+    write_file(ctr / "job.pid", "", 0o644, **mine)
+    write_file(ctr / "job.env", "", 0o600, **mine)    # the starter writes the job's environment in place
+    ensure_dir(ctr / "run", 0o700, user.uid, user.gid)  # the starter's pid and status file of each run
 
 
 @dataclass(frozen=True)
@@ -370,6 +501,7 @@ class ContainerLimits:
     mem_limit: Optional[int] = None   # bytes per container
     model: str = "node"
     cgroup_parent: Optional[str] = None
+    tmpfs: Tuple[Tuple[str, str], ...] = ()   # (path, size): /tmp and the image's VOLUMEs
 
     def cpuset(self, slot: int) -> Optional[str]:
         if not self.cores:
@@ -427,6 +559,8 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 mem_limit=str(limits.mem_limit) if limits.mem_limit else None,
                 ipc_mode=ipc_mode(container),
                 cgroup_parent=limits.cgroup_parent,
+                pids_limit=cfg.jobs_pids_limit or None, ulimits=cfg.jobs_ulimits, tmpfs=limits.tmpfs,
+                read_only=cfg.jobs_read_only_root,
             )
             if launcher_hosts and container.slot == 0:
                 spec = replace(spec, binds=tuple((src.replace("/hosts", "/hosts-launcher") if dst == "/etc/hosts"
@@ -435,6 +569,14 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
             try:
                 probe.wait_for_sshd(address, port, ctoken, deadline,
                                     still_running=lambda: runtime.state(ident)[0] in ("running", "created"))
+                problem = ids_problem(runtime, ident, user)
+                if problem:
+                    runtime.remove(ident)
+                    state.release_ports(ctx.jobid, [f"{address}:{port}"])
+                    raise ImageError(f"image {image}: the container does not run as exactly {user.name}'s ids: "
+                                     f"{problem}; it was removed",
+                                     "use an image whose /etc/group and /etc/passwd have no names that are numbers",
+                                     user_error=True)
                 return {"id": ident, "name": container.name, "alias": container.alias, "port": port,
                         "slot": container.slot, "address": address}
             except NodeFault as exc:
@@ -461,6 +603,99 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
     if first_error is not None:
         raise first_error
     return results
+
+
+def ids_problem(runtime: Runtime, ident: str, user: UserInfo) -> Optional[str]:
+    """Does every process of a started container run with exactly the job user's uid, gid
+    and host supplementary groups? Read by root from the host's /proc at the container's
+    init pid; the pid is confirmed afterwards (still that container's running init), so a
+    reused pid cannot answer for it. None when all is well."""
+    status, pid = runtime.init_pid(ident)
+    if not pid:
+        return f"it is {status}, not running"
+    problem = container_ids_problem(pid, user)
+    again, pid_after = runtime.init_pid(ident)
+    if (again, pid_after) != ("running", pid):
+        return f"its init changed while it was checked ({status} {pid} -> {again} {pid_after})"
+    return problem
+
+
+NUMERIC_NAME = re.compile(r"[0-9]+")
+
+
+def misleading_group_lines(text: bytes) -> List[Tuple[str, int]]:
+    """Lines of an /etc/group that Docker would take for another gid: Docker looks each
+    ``--group-add`` gid up by NAME first, so a line ``5000:x:0:`` turns gid 5000 into 0.
+    Read with Docker's own rules (runc's libcontainer/user: lines split at newlines, one
+    trailing CR dropped, empty lines skipped, the gid an Atoi with errors read as 0)."""
+    found: List[Tuple[str, int]] = []
+    for raw in text.split(b"\n"):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if len(line) > 65536:
+            raise ImageError("its /etc/group has a line longer than Docker reads (64 KiB)",
+                             "fix the image's /etc/group")
+        fields = line.split(b":")
+        name = fields[0].decode("ascii", "replace")
+        if not line or not NUMERIC_NAME.fullmatch(name):
+            continue
+        gid_text = fields[2].decode("ascii", "replace") if len(fields) > 2 else ""
+        gid = int(gid_text) if re.fullmatch(r"[+-]?[0-9]{1,18}", gid_text) else 0
+        if gid != int(name):
+            found.append((name, gid))
+    return found
+
+
+def check_image_groups(runtime: Runtime, state: NodeState, image_id: str, image: str, user: UserInfo,
+                       labels: Dict[str, str]) -> None:
+    """Refuse, before any container of the job starts, an image whose /etc/group would give
+    the job a group it does not have on the host. The image (by id) cannot change between
+    this read and Docker's at the container's start. runc's own lookup (after the mounts)
+    reads the job's /etc/group, which is root's (see render.group_text). The result per
+    image id is kept in the state directory."""
+    wanted = {str(g) for g in user.gids[1:]}        # Docker looks these up; the primary gid is numeric
+    if not wanted:
+        return
+    cache_dir = ensure_dir(state.root / "image-groups", 0o700)
+    cache = cache_dir / f"{image_id.split(':')[-1][:64]}.json"
+    try:
+        lines = [(str(n), int(g)) for n, g in json.loads(cache.read_text())]
+    except (OSError, ValueError, TypeError):
+        try:
+            lines = misleading_group_lines(runtime.image_file(image_id, "/etc/group", labels) or b"")
+        except ImageError as exc:
+            raise ImageError(f"image {image}: {exc.message}", exc.fix, user_error=True) from None
+        write_file(cache, json.dumps(lines), 0o600)
+    bad = [(n, g) for n, g in lines if n in wanted]
+    if bad:
+        described = ", ".join(f"'{n}' with gid {g}" for n, g in bad)
+        raise ImageError(f"image {image} names groups in its /etc/group like the job's group ids ({described}): "
+                         f"Docker would give the job those gids instead of its own",
+                         "remove or rename those lines of the image's /etc/group (group names that are numbers)",
+                         user_error=True)
+
+
+def container_tmpfs(volumes: Sequence[str], binds: Sequence[Tuple[str, str, bool]], size: str,
+                    image: str) -> Tuple[Tuple[str, str], ...]:
+    """/tmp, and every VOLUME the image declares, as a tmpfs of ``size``: a VOLUME would
+    otherwise become an anonymous Docker volume on the node's disk, unbounded, and
+    outliving the container unless removed with it. The image's files under a VOLUME
+    path are therefore not seen (Docker would copy them into the new volume); the
+    directory keeps its mode and owner from the image (runc sets them). A VOLUME
+    that is one of the job's mount targets is that mount; one inside a job's mount
+    (its home, say) is refused: it would be created in the user's directory on the host."""
+    targets = [dst for _, dst, _ in binds]
+    out = [("/tmp", size)]
+    for volume in volumes:
+        path = "/" + os.path.normpath(volume).strip("/")
+        if path in targets or path == "/tmp" or policy._under(path, ["/proc", "/sys", "/dev"]):
+            continue
+        inside = [t for t in targets if policy._under(path, [t])]
+        if path == "/" or inside:
+            raise ImageError(f"image {image} declares VOLUME {volume} inside {inside[0] if inside else '/'}, "
+                             f"which the job mounts from the host",
+                             "remove that VOLUME from the image (or mount elsewhere)")
+        out.append((path, size))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- MS: connect the nodes
@@ -527,7 +762,7 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     write_file(state.job_dir(ctx.jobid) / "nodefile.orig", original, 0o644)
     write_in_place(Path(ctx.nodefile), rewritten)
     # The host's $PBS_HOME is not in the containers; run=container jobs read this copy.
-    write_file(ctr / "nodefile", rewritten, 0o644, uid=user.uid, gid=user.gid)
+    write_file(ctr / "nodefile", rewritten, 0o644)
     record = state.load_job(ctx.jobid)
     record.update(ssh_config=str(host_config), nodefile=str(ctx.nodefile),
                   aliases=[c["alias"] for c in ordered])
@@ -623,9 +858,12 @@ def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, node
     step("ssh config", lambda: _unlink(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"))
     if nodefile is not None:
         step("nodefile", lambda: _restore_nodefile(state, jobid, Path(nodefile)))
-    # The job directory goes last, and only once its containers are gone (gc retries).
+    # The host's view of the job's mounts can go even while a container still runs (each
+    # container holds its own); the job directory goes last, and only once its containers
+    # are gone (gc retries), never through a mount.
+    step("mounts", lambda: hostpath.unstage(stage_dir(state, jobid)))
     if not result.errors:
-        step("job directory", lambda: shutil.rmtree(state.job_dir(jobid)) if state.job_dir(jobid).exists() else None)
+        step("job directory", lambda: release_job_files(state, jobid))
     if log is not None and result.removed:
         log.info(jobid, f"removed {result.removed} container(s) on {host}")
     return result

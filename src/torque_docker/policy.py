@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .config import Config
 from .errors import PolicyError
@@ -15,6 +15,25 @@ from .request import Mount, is_reference, parse_mount
 
 FORBIDDEN_SOURCES = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd", "/var/lib/docker",
                      "/etc/torque-docker", "/proc", "/sys", "/dev")
+
+
+def forbidden_sources(cfg: Config) -> Tuple[str, ...]:
+    """What is never mounted on this node: the fixed set, plus the Docker endpoint this node
+    is configured with (a socket elsewhere than /run/docker.sock is just as much root), the
+    site secret and the state directory (it holds other jobs' staging mounts and keys);
+    each as written and resolved through symlinks."""
+    paths = list(FORBIDDEN_SOURCES)
+    endpoint = cfg.docker_endpoint
+    if endpoint.startswith("unix://"):
+        paths.append(endpoint[len("unix://"):])
+    paths += [cfg.paths_secret_file, cfg.paths_state_dir]
+    out: List[str] = []
+    for path in paths:
+        if path.startswith("/"):
+            for form in (os.path.normpath(path), os.path.realpath(path)):
+                if form not in out:
+                    out.append(form)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -33,6 +52,12 @@ def resolve_image(asked: str, cfg: Config) -> ImageChoice:
             where = ", ".join(cfg.images_tarball_dirs) or "none are allowed on this cluster"
             raise PolicyError(f"image tarball {path} is outside the directories the site allows ({where})",
                               "put the tarball in an allowed directory, or use a registry image")
+        # The allowed list applies to tarballs too, as file:PATH (the default '*' allows all):
+        # what a tarball says it is (its tags) is the user's to write, so it proves nothing.
+        if not cfg.image_allowed(f"file:{real}"):
+            raise PolicyError(f"image file:{real} is not allowed on this cluster "
+                              f"(allowed: {' '.join(cfg.images_allowed)})",
+                              "use an allowed image or ask the admin to add file:DIR/* to [images] allowed")
         return ImageChoice(reference="", tarball=real, asked=asked)
     reference = cfg.images_aliases.get(asked, asked)
     if not is_reference(reference):
@@ -54,14 +79,14 @@ HIDDEN_TARGETS = ("/", "/etc", "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/
 PROTECTED_TARGET_TREES = ("/run/torque-docker", "/proc", "/sys", "/dev")
 
 
-def host_path_problem(real: str, target: str) -> Optional[str]:
+def host_path_problem(real: str, target: str, forbidden: Sequence[str] = FORBIDDEN_SOURCES) -> Optional[str]:
     """Why a resolved host path may not be bind-mounted at target ('' reads as allowed).
 
     A source is refused when it is, or lies under, or CONTAINS something never to be
     mounted (mounting /run brings Docker's socket along)."""
-    if real == "/" or _under(real, FORBIDDEN_SOURCES) or any(_under(f, [real]) for f in FORBIDDEN_SOURCES):
+    if real == "/" or _under(real, forbidden) or any(_under(f, [real]) for f in forbidden):
         return (f"reaches {real}, which is never mounted into containers "
-                f"(it is or holds Docker's socket, /proc, /sys, /dev or the site's secret)")
+                f"(it is or holds Docker's socket, /proc, /sys, /dev, the site's secret or torque-docker's state)")
     if target in HIDDEN_TARGETS or _under(target, PROTECTED_TARGET_TREES):
         return f"would hide {target} in the container"
     return None
@@ -70,6 +95,7 @@ def host_path_problem(real: str, target: str) -> Optional[str]:
 def check_mounts(requested: Sequence[Mount], cfg: Config) -> List[Mount]:
     """Requested mounts, sources resolved through symlinks and checked against [mounts] allowed."""
     allowed = [os.path.realpath(a) for a in cfg.mounts_allowed]
+    forbidden = forbidden_sources(cfg)
     out: List[Mount] = []
     targets = set()
     for mount in requested:
@@ -77,24 +103,24 @@ def check_mounts(requested: Sequence[Mount], cfg: Config) -> List[Mount]:
             raise PolicyError(f"two mounts share the target {mount.target}", "give each mount its own target")
         targets.add(mount.target)
         real = os.path.realpath(mount.source)
-        if _under(real, FORBIDDEN_SOURCES):           # the socket itself: say so, not just "outside"
-            raise PolicyError(f"mount={mount} {host_path_problem(real, mount.target)}",
+        if _under(real, forbidden):           # the socket itself: say so, not just "outside"
+            raise PolicyError(f"mount={mount} {host_path_problem(real, mount.target, forbidden)}",
                               "mount a data directory instead")
         if not _under(real, allowed):
             where = ", ".join(cfg.mounts_allowed) or "none on this cluster"
             raise PolicyError(f"mount={mount} is outside the paths the site allows ({where})",
                               "ask for a path under an allowed directory")
-        problem = host_path_problem(real, mount.target)
+        problem = host_path_problem(real, mount.target, forbidden)
         if problem:   # even where the admin allowed a parent (e.g. /run)
             raise PolicyError(f"mount={mount} {problem}", "mount a data directory at another target instead")
         out.append(Mount(real, mount.target, mount.read_only))
     return out
 
 
-def check_workdir(workdir: str) -> str:
+def check_workdir(workdir: str, forbidden: Sequence[str] = FORBIDDEN_SOURCES) -> str:
     """The job's working directory (qsub -d, user-chosen) resolved, if it may be mounted."""
     real = os.path.realpath(workdir)
-    problem = host_path_problem(real, real)
+    problem = host_path_problem(real, real, forbidden)
     if problem:
         raise PolicyError(f"the job's working directory {workdir} {problem}",
                           "submit from (or qsub -d) a directory of your own, e.g. under your home or scratch")

@@ -52,11 +52,17 @@ def passwd_text(user: str, uid: int, gid: int, gecos: str, home: str, shell: str
 
 
 def group_text(user: str, groups: Sequence[tuple]) -> str:
-    """The container's /etc/group: root and the user's groups ``(name, gid)``."""
+    """The container's /etc/group: root and the user's groups ``(name, gid)``.
+
+    runc looks every supplementary gid up in this file by NAME first (a group named
+    ``5000`` with gid 0 would turn gid 5000 into 0), so a name that is a number, or is
+    not a plain name, is written as ``g<gid>``."""
     lines = ["root:x:0:"]
     for name, gid in groups:
         if gid != 0:
-            lines.append(f"{name}:x:{gid}:{user}")
+            safe = name if name and not name.lstrip("+-").isdigit() and not any(c in name for c in ":,\n\r \t") \
+                else f"g{gid}"
+            lines.append(f"{safe}:x:{gid}:{user}")
     return "\n".join(lines) + "\n"
 
 

@@ -5,13 +5,18 @@ so the rest of the code never sees a docker exception.
 """
 from __future__ import annotations
 
+import io
+import json
+import os
+import tarfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
+from docker.types import Ulimit
 
 from .errors import ImageError, NodeFault, no_sshd
 
@@ -36,6 +41,18 @@ class ContainerSpec:
     mem_limit: Optional[str] = None
     ipc_mode: Optional[str] = None
     cgroup_parent: Optional[str] = None
+    pids_limit: Optional[int] = None                   # None or 0: no limit
+    ulimits: Tuple[Tuple[str, int, int], ...] = ()     # (name, soft, hard)
+    tmpfs: Tuple[Tuple[str, str], ...] = ()            # (container path, size): /tmp, the image's VOLUMEs
+    read_only: bool = False                            # the image's file system
+
+
+@dataclass(frozen=True)
+class LoadedImages:
+    """What a tarball held: its images (by id, in the tarball's order) and the tags it claimed."""
+
+    ids: Tuple[str, ...]
+    tags: Tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -111,16 +128,113 @@ class Runtime:
                              "check the name and tag, or ask the admin to stage it", user_error=user) from None
         return self.image_id(reference) or ""
 
-    def load(self, path: str) -> List[str]:
+    def load_private(self, fd: int) -> LoadedImages:
+        """Load a ``docker save`` tarball from an open descriptor WITHOUT its tags.
+
+        ``docker load`` moves every tag a tarball names (manifest.json RepoTags, the legacy
+        ``repositories`` file, OCI index.json name annotations): a user's tarball tagged
+        like the site's image would replace it for every later job on the node. So the
+        tarball is streamed through a rewriter that removes all of them, and the images
+        come back untagged, to be run by id (see untagged_tar)."""
+        claimed: List[str] = []
+        failure: Dict[str, BaseException] = {}
+        read_end, write_end = os.pipe()
+        source = os.fdopen(os.dup(fd), "rb")
+
+        def rewrite() -> None:
+            try:
+                with os.fdopen(write_end, "wb") as sink:
+                    claimed.extend(untagged_tar(source, sink))
+            except BaseException as exc:       # reported after Docker's answer
+                failure["error"] = exc
+            finally:
+                source.close()
+
+        def body() -> Iterator[bytes]:
+            while True:
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    return
+                yield chunk
+
+        worker = threading.Thread(target=rewrite, daemon=True)
+        worker.start()
         try:
-            with open(path, "rb") as handle:
-                images = self.client.images.load(handle)
-        except OSError as exc:
-            raise ImageError(f"cannot read the image tarball {path}: {exc.strerror}",
-                             "give a readable file made by 'docker save'") from None
+            images = self.client.images.load(body())
+            error: Optional[str] = None
         except (APIError, DockerException) as exc:
-            raise ImageError(f"Docker cannot load {path}: {_short(exc)}", "give a file made by 'docker save'") from None
-        return [tag for image in images for tag in (image.tags or [image.id])]
+            images, error = [], _short(exc)
+        finally:
+            os.close(read_end)
+            worker.join(60)
+        if "error" in failure:
+            cause = failure["error"]
+            message = cause.message if isinstance(cause, ImageError) else f"it is not a readable tar archive ({cause})"
+            raise ImageError(f"the image tarball {message}", "give a file made by 'docker save NAME:TAG'") from None
+        if error is not None:
+            raise ImageError(f"Docker cannot load the image tarball: {error}", "give a file made by 'docker save'")
+        ids = tuple(dict.fromkeys(image.id for image in images))
+        return LoadedImages(ids, tuple(claimed))
+
+    def tag(self, image_id: str, reference: str) -> None:
+        repository, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (reference, "", "latest")
+        try:
+            self.client.api.tag(image_id, repository, tag or "latest")
+        except (APIError, DockerException) as exc:
+            raise NodeFault(f"Docker could not tag {image_id[:19]} as {reference}: {_short(exc)}") from None
+
+    def image_volumes(self, reference: str) -> List[str]:
+        """The paths the image declares as VOLUMEs."""
+        try:
+            config = self.client.api.inspect_image(reference).get("Config") or {}
+        except (APIError, DockerException) as exc:
+            raise NodeFault(f"Docker failed to inspect image {reference}: {_short(exc)}") from None
+        return sorted((config.get("Volumes") or {}).keys())
+
+    def image_file(self, image_id: str, path: str, labels: Dict[str, str], limit: int = 4 << 20) -> Optional[bytes]:
+        """A file of an image as Docker itself resolves it (symlinks followed inside the
+        image): read from a container that is created from the image and never started,
+        then removed. None when the image has no such file."""
+        try:
+            created = self.client.api.create_container(image_id, command=["/torque-docker-never-runs"],
+                                                       labels=labels, network_disabled=True,
+                                                       host_config=self.client.api.create_host_config(network_mode="none"))
+        except (APIError, DockerException) as exc:
+            raise NodeFault(f"Docker could not create a container of {image_id[:19]}: {_short(exc)}") from None
+        ident = created["Id"]
+        try:
+            for _ in range(16):
+                try:
+                    stream, info = self.client.api.get_archive(ident, path)
+                except NotFound:
+                    return None
+                if info.get("mode", 0) & (1 << 27) and info.get("linkTarget"):    # Go's os.ModeSymlink
+                    for _chunk in stream:
+                        pass
+                    path = info["linkTarget"]
+                    continue
+                data = b"".join(stream)
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    member = tar.next()
+                    if member is None or not member.isreg() or member.size > limit:
+                        return b"" if member is None or not member.isreg() else None
+                    extracted = tar.extractfile(member)
+                    return extracted.read() if extracted else b""
+            return None
+        except (APIError, DockerException) as exc:
+            raise NodeFault(f"Docker could not read {path} of image {image_id[:19]}: {_short(exc)}") from None
+        finally:
+            self.remove(ident)
+
+    def init_pid(self, ident: str) -> Tuple[str, int]:
+        """(status, host pid of the container's init); pid 0 when it is not running."""
+        try:
+            state = self.client.api.inspect_container(ident).get("State", {})
+        except NotFound:
+            return "gone", 0
+        except (APIError, DockerException) as exc:
+            raise NodeFault(f"Docker failed to inspect {ident}: {_short(exc)}") from None
+        return state.get("Status", "unknown"), int(state.get("Pid") or 0)
 
     # ---- containers ---------------------------------------------------------
     def start(self, spec: ContainerSpec) -> str:
@@ -139,6 +253,15 @@ class Runtime:
             kwargs["ipc_mode"] = spec.ipc_mode
         if spec.cgroup_parent:
             kwargs["cgroup_parent"] = spec.cgroup_parent
+        if spec.pids_limit:
+            kwargs["pids_limit"] = spec.pids_limit
+        if spec.ulimits:
+            kwargs["ulimits"] = [Ulimit(name=n, soft=soft, hard=hard) for n, soft, hard in spec.ulimits]
+        if spec.tmpfs:
+            # exec allowed as on a host's /tmp; sized, so a job cannot fill the node's memory
+            kwargs["tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size},mode=1777" for path, size in spec.tmpfs}
+        if spec.read_only:
+            kwargs["read_only"] = True
         try:
             return self.client.containers.run(**kwargs).id
         except ImageNotFound:
@@ -187,9 +310,10 @@ class Runtime:
             return ""
 
     def remove(self, ident: str) -> bool:
-        """Force-remove; True when it existed. Never raises for 'already gone'."""
+        """Force-remove, with its anonymous volumes; True when it existed. Never raises for
+        'already gone'."""
         try:
-            self.client.api.remove_container(ident, force=True)
+            self.client.api.remove_container(ident, force=True, v=True)
             return True
         except NotFound:
             return False
@@ -249,3 +373,50 @@ def _short(exc: BaseException) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return " ".join(str(text).split())[:300]
+
+
+def untagged_tar(source, sink) -> List[str]:
+    """Copy a ``docker save`` tar stream from source to sink without any image name in it;
+    returns the names it carried. Members are copied as they come (the archive may be
+    large and is read once); manifest.json keeps its entries with ``RepoTags`` emptied, the
+    legacy ``repositories`` file is dropped, and OCI ``index.json`` loses its name
+    annotations. A tar without manifest.json is refused (Docker would fall back to the
+    legacy format, whose only names are in ``repositories``)."""
+    claimed: List[str] = []
+    seen_manifest = False
+    names = ("io.containerd.image.name", "org.opencontainers.image.ref.name")
+    with tarfile.open(fileobj=source, mode="r|*", bufsize=1 << 20) as tin, \
+            tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tout:
+        tout.copybufsize = 1 << 20          # type: ignore[attr-defined]  # (3.8+; typeshed lacks it)
+        for member in tin:
+            name = os.path.normpath(member.name).lstrip("/")
+            if name == "repositories":
+                continue
+            if name in ("manifest.json", "index.json") and member.isreg():
+                handle = tin.extractfile(member)
+                try:
+                    document = json.loads(handle.read(16 << 20) if handle else b"")
+                except ValueError:
+                    raise ImageError(f"has a {name} that is not JSON") from None
+                if name == "manifest.json":
+                    seen_manifest = True
+                    for entry in document if isinstance(document, list) else []:
+                        if isinstance(entry, dict):
+                            claimed += [str(t) for t in entry.get("RepoTags") or []]
+                            entry["RepoTags"] = None
+                else:
+                    for entry in (document.get("manifests") or []) if isinstance(document, dict) else []:
+                        annotations = entry.get("annotations") if isinstance(entry, dict) else None
+                        if isinstance(annotations, dict):
+                            claimed += [str(annotations.pop(k)) for k in names if k in annotations]
+                payload = json.dumps(document).encode()
+                copy = tarfile.TarInfo(member.name)
+                copy.size, copy.mode, copy.mtime = len(payload), member.mode, member.mtime
+                tout.addfile(copy, io.BytesIO(payload))
+            elif member.isreg():
+                tout.addfile(member, tin.extractfile(member))
+            else:
+                tout.addfile(member)
+    if not seen_manifest:
+        raise ImageError("has no manifest.json (not made by 'docker save' of Docker 1.10 or later)")
+    return list(dict.fromkeys(claimed))

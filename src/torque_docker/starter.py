@@ -44,6 +44,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 CTR_DIR = "/run/torque-docker"
 RECORD = "starter.json"          # in <state_dir>/jobs/<jobid>/, written by the prologues as root
 ENV_FILE = "job.env"             # the job's environment for ssh logins into its containers
+RUN_DIR = "run"                  # the user's own directory in the job files: pid and status of each run
 DEFAULT_PBS_HOME = "/var/spool/torque"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -344,19 +345,17 @@ def share_job_env(record: dict, env: Mapping[str, str]) -> None:
     every other node's. The file is the user's own; root never reads it."""
     from concurrent.futures import ThreadPoolExecutor
     text = env_file_text(env)
-    ctr = Path(record["ctr_dir"])
-    tmp = ctr / f".{ENV_FILE}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # The prologue made the file, the user's own, in the root-owned job files: written in
+    # place (nothing may be created there by the user).
+    fd = os.open(Path(record["ctr_dir"]) / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    os.replace(tmp, ctr / ENV_FILE)
     others = [a for a in record.get("node_aliases", [])[1:] if a]
     if not others:
         return
 
     def push(alias: str) -> Optional[str]:
-        command = (f"umask 077; cat > {CTR_DIR}/.{ENV_FILE}.tmp && "
-                   f"mv -f {CTR_DIR}/.{ENV_FILE}.tmp {CTR_DIR}/{ENV_FILE}")
+        command = f"umask 077; cat > {CTR_DIR}/{ENV_FILE}"
         try:
             result = subprocess.run(ssh_argv(alias, command), input=text.encode("utf-8", "surrogateescape"),
                                     capture_output=True, timeout=30)
@@ -411,7 +410,7 @@ def remote_command(workdir: str, env: Mapping[str, str], program: Sequence[str],
     still write the program's exit status after a forwarded signal killed the program
     (ssh itself reports a remote signal as 255)."""
     assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
-    base = f"{ctr_dir}/run-{run_id}"
+    base = f"{ctr_dir}/{RUN_DIR}/run-{run_id}"
     words = " ".join(shlex.quote(a) for a in program)
     test = ""
     if check:
@@ -445,7 +444,7 @@ def run_remote(record: dict, alias: str, command: str, rid: str, stdin_data: Opt
 
     def forward(signum, _frame) -> None:
         forwarded.append(signum)
-        pid_file = ctr / f"run-{rid}.pid"
+        pid_file = ctr / RUN_DIR / f"run-{rid}.pid"
         import time
         deadline = time.monotonic() + 5
         group = ""
@@ -474,7 +473,7 @@ def run_remote(record: dict, alias: str, command: str, rid: str, stdin_data: Opt
             continue
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
-    status_file = ctr / f"run-{rid}.status"
+    status_file = ctr / RUN_DIR / f"run-{rid}.status"
     try:
         text = status_file.read_text().strip()
         if text.isdigit():
@@ -487,7 +486,7 @@ def run_remote(record: dict, alias: str, command: str, rid: str, stdin_data: Opt
         pass
     for suffix in (".pid", ".status"):
         try:
-            (ctr / f"run-{rid}{suffix}").unlink()
+            (ctr / RUN_DIR / f"run-{rid}{suffix}").unlink()
         except OSError:
             pass
     return code

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -22,19 +23,45 @@ from .torque import safe_jobid
 LOCK_TIMEOUT = 30.0
 
 
+def _refuse_foreign_dir(directory: Path) -> None:
+    """Root writes only where nobody else can: a directory someone else owns or may write
+    into could hold a planted FIFO, symlink or hard link by the next name we use."""
+    info = os.stat(directory)
+    if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
+        raise NodeFault(f"refusing to write into {directory}: others than root can write there",
+                        "the state, SSH and job directories must be root's, mode 0755 or stricter")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_file(path: Path, data: "str | bytes", mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Atomic write with the final owner and mode set before the file appears."""
+    """Atomic write with the final owner and mode set before the file appears.
+
+    The temporary file has an unpredictable name and is created exclusively, without
+    following links and without blocking, in a directory only root can write to."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    _refuse_foreign_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, mode)
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        os.write(fd, data.encode() if isinstance(data, str) else data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            _write_all(fd, data.encode() if isinstance(data, str) else data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def ensure_dir(path: Path, mode: int, uid: int = -1, gid: int = -1) -> Path:
@@ -51,10 +78,16 @@ def ensure_dir(path: Path, mode: int, uid: int = -1, gid: int = -1) -> Path:
 
 
 def write_in_place(path: Path, data: str) -> None:
-    """Rewrite without changing the inode (bind mounts and open handles see the new text)."""
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    """Rewrite without changing the inode (bind mounts and open handles see the new text).
+
+    Opened without following a link and without blocking (a FIFO without a reader fails at
+    once instead of hanging the hook), and written only when it is a regular file."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
-        os.write(fd, data.encode())
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NodeFault(f"{path} is not a regular file", "remove it; torque-docker writes only regular files")
+        os.ftruncate(fd, 0)
+        _write_all(fd, data.encode())
     finally:
         os.close(fd)
 

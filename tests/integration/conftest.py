@@ -272,8 +272,16 @@ def make_site(docker_client, images) -> Iterator:
             if ssh.exists() and (state / "jobs").exists():
                 for job in (state / "jobs").iterdir():
                     (ssh / f"{job.name}.conf").unlink(missing_ok=True)
-        shutil.rmtree(site.workdir(), ignore_errors=True)
-        shutil.rmtree(site.root, ignore_errors=True)
+        # Jobs left running (a failed test) keep their staging mounts, which ARE the user's
+        # home or directories: take every mount under the site down before deleting it.
+        from torque_docker import hostpath
+        for point in sorted(hostpath.mounts_under(site.root), key=len, reverse=True):
+            hostpath.unmount(Path(point))
+        if hostpath.mounts_under(site.root):
+            LEAKS.append(f"mounts left under {site.root}: {hostpath.mounts_under(site.root)}")
+        else:
+            shutil.rmtree(site.workdir(), ignore_errors=True)
+            shutil.rmtree(site.root, ignore_errors=True)
 
 
 @pytest.fixture

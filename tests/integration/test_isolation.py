@@ -179,14 +179,21 @@ def check_container_from_the_host(site, container, jobid: str) -> None:
                for o in host.get("SecurityOpt") or []), host.get("SecurityOpt")
     assert host.get("Privileged") is False and not host.get("Devices"), c.name
     assert host.get("PidMode", "") != "host" and host.get("UsernsMode", "") != "host", c.name
-    # The Docker socket is never mounted, and only the job's own directory and the home are.
+    # The Docker socket is never mounted, and only the job's own directory and the home are:
+    # the home through its root-owned staging point, which holds the very home directory.
     job_ctr = str(ctr_dir(site, c.labels[L_HOST], jobid))
+    staging = str(site.state_dir(c.labels[L_HOST]) / "mnt" / safe_jobid(jobid))
+    home = os.stat(user.pw_dir)
     for mount in c.attrs["Mounts"]:
         source = mount.get("Source", "")
         assert mount["Type"] == "bind", mount
         assert os.path.realpath(source) not in {os.path.realpath(s) for s in DOCKER_SOCKETS}, mount
         assert "docker.sock" not in source and "docker.sock" not in mount["Destination"], mount
-        assert source == job_ctr or source.startswith(job_ctr + "/") or source == user.pw_dir, mount
+        if source.startswith(staging + "/"):
+            assert mount["Destination"] == user.pw_dir, mount
+            assert (os.stat(source).st_dev, os.stat(source).st_ino) == (home.st_dev, home.st_ino), mount
+        else:
+            assert source == job_ctr or source.startswith(job_ctr + "/"), mount
 
     # Every process of the container, whatever started it (docker top lists them by host pid).
     pids = [int(row[0]) for row in c.top(ps_args="-o pid")["Processes"]]
@@ -327,7 +334,7 @@ def test_another_user_cannot_read_the_key_log_in_or_use_the_aliases(site, docker
                 denied = as_user(OTHER_USER, ["cat", str(path)])
                 assert denied.returncode != 0 and "Permission denied" in denied.stderr, (path, denied)
                 assert "PRIVATE KEY" not in denied.stdout
-            assert as_user(USER, ["ls", str(ctr)]).returncode == 0
+            assert as_user(USER, ["cat", str(ctr / "known_hosts")]).returncode == 0     # A reaches its files
             listing = as_user(OTHER_USER, ["ls", str(ctr)])
             assert listing.returncode != 0 and "Permission denied" in listing.stderr, listing
             job_json = ctr.parent / "job.json"
@@ -387,24 +394,37 @@ def test_state_and_ssh_files_have_owner_only_modes(site, docker_client):
             state = site.state_dir(node)
             job_dir = state / "jobs" / safe_jobid(jobid)
             ctr = job_dir / "ctr"
+            # The job's files: root's directory (a tmpfs), the user owns only what they must.
             expected = {
                 state / "ports.json": (0o600, 0),
                 state / "cores.json": (0o600, 0),
+                state / "mnt": (0o700, 0),
                 job_dir / "job.json": (0o600, 0),
                 job_dir / "starter.json": (0o640, 0),      # the job starter's record: the user reads it only
                 job_dir: (0o755, 0),
-                ctr: (0o700, user.pw_uid),
+                ctr: (0o711, 0),
+                ctr / "passwd": (0o644, 0),
+                ctr / "group": (0o644, 0),
+                ctr / "sshd_config": (0o644, 0),
+                ctr / "authorized_keys": (0o644, 0),
+                ctr / "known_hosts": (0o644, 0),
                 ctr / "id_ed25519": (0o600, user.pw_uid),
                 ctr / "ssh_host_ed25519_key": (0o600, user.pw_uid),
-                ctr / "authorized_keys": (0o600, user.pw_uid),
+                ctr / "ssh_config": (0o644, user.pw_uid),
+                ctr / "hosts": (0o644, user.pw_uid),
             }
             for path, want in expected.items():
                 assert path.exists(), f"{node}: {path} is missing"
                 got = mode_owner(path)
                 assert got == want, f"{node}: {path} is {got[0]:o} uid {got[1]}, want {want[0]:o} uid {want[1]}"
             assert jobid in (state / "ports.json").read_text()           # the reservation is really there
-            # Nothing in the state directory is writable by group or others, nothing is a link out.
+            assert any(line.split()[4] == str(ctr) and " - tmpfs " in line
+                       for line in open("/proc/self/mountinfo")), f"{ctr} is not a tmpfs"
+            # Nothing in the state directory is writable by group or others, nothing is a link out
+            # (mnt/ holds the staged user directories: root-only, not walked).
             for root, dirs, files in os.walk(state):
+                if Path(root) == state:
+                    dirs.remove("mnt")
                 for name in dirs + files:
                     path = Path(root) / name
                     mode, _ = mode_owner(path)
@@ -536,7 +556,7 @@ MOUNT_CASES = {
     "parent-of-allowed": ("{root}", "is outside the paths the site allows", ""),
     "sibling-prefix": ("{data}-evil", "is outside the paths the site allows", ""),
     "symlink-to-outside": ("{data}/link-etc", "is outside the paths the site allows", ""),
-    "symlink-dir-in-path": ("{data}/link-root/state-tdnode0", "is outside the paths the site allows", ""),
+    "symlink-dir-in-path": ("{data}/link-root/state-tdnode0", "which is never mounted into containers", ""),   # the state dir
     "docker-socket": ("/var/run/docker.sock", "which is never mounted into containers", ""),
     "docker-socket-run": ("/run/docker.sock:/data", "which is never mounted into containers", ""),
     "docker-socket-via-symlink": ("{data}/link-sock", "which is never mounted into containers", ""),

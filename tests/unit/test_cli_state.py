@@ -142,11 +142,15 @@ def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path,
             self.removed.append(ident)
             return True
 
+        def init_pid(self, ident):
+            return "running", 4242
+
     def wait(address, port, token, deadline, still_running, interval=0.02):
         if not still_running():
             raise lifecycle.NodeFault("sshd in the container exited before answering")
 
     monkeypatch.setattr(probe, "wait_for_sshd", wait)
+    monkeypatch.setattr(lifecycle, "container_ids_problem", lambda pid, user: None)   # no real process here
     runtime = Runtime()
     ctx = HookContext(kind="prologue", jobid="9.s", user="u", group="u", jobname="n", resource_list="",
                       node_index=0, pbs_home=tmp_path, workdir="", nodefile=None, environ={})

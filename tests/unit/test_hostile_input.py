@@ -631,7 +631,7 @@ def test_remote_command_words_are_exactly_the_intended_argv(workdir, environ, sh
     program = [shell, script] + list(args)
     command = starter.remote_command(workdir, env, program, "n-7")
     assignments = [f"{k}={v}" for k, v in sorted(env.items())]
-    base = f"{starter.CTR_DIR}/run-n-7"
+    base = f"{starter.CTR_DIR}/{starter.RUN_DIR}/run-n-7"
     assert shlex.split(command) == (["read", "-r", "_", "_", "_", "_", "g", "_", "<", "/proc/$$/stat;", "echo", "$g",
                                      ">", f"{base}.pid;", "cd", workdir, "||", "exit", "1;", "trap", ":", "TERM",
                                      "INT", "HUP", "USR1", "USR2;", "env", "-i"] + assignments + program
@@ -688,6 +688,7 @@ def reporter(tmp_path_factory):
 def test_remote_command_under_a_real_shell_runs_exactly_the_intended_program(tmp_path_factory, reporter, dirname,
                                                                              env, args, shell_path):
     base = tmp_path_factory.mktemp("run")
+    (base / starter.RUN_DIR).mkdir()          # the prologue makes it, the user's own
     workdir = base / dirname
     workdir.mkdir(exist_ok=True)
     command = starter.remote_command(str(workdir), env, [str(reporter), "/the/job-script"] + args, "n-1",
@@ -697,8 +698,9 @@ def test_remote_command_under_a_real_shell_runs_exactly_the_intended_program(tmp
     assert {k: v for k, v in seen["env"].items() if k != "LC_CTYPE"} == env   # LC_CTYPE: Python's PEP 538 coercion
     assert seen["cwd"] == os.path.realpath(workdir)
     assert not list(base.rglob("pwned"))
-    assert int((base / "run-n-1.pid").read_text()) == os.getpgid(0)    # the shell's process group (ours here)
-    assert (base / "run-n-1.status").read_text() == "0\n"
+    runs = base / starter.RUN_DIR
+    assert int((runs / "run-n-1.pid").read_text()) == os.getpgid(0)    # the shell's process group (ours here)
+    assert (runs / "run-n-1.status").read_text() == "0\n"
 
 
 @budget(15)
