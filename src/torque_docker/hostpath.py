@@ -146,8 +146,10 @@ def bind_pinned(pinned: Pinned, target: Path) -> None:
 
 
 def mount_tmpfs(target: Path, size: str, mode: int) -> None:
-    """A root-owned tmpfs of at most ``size`` on target; nothing on it can be executed."""
-    _mount("tmpfs", str(target), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size},mode={mode:o},uid=0,gid=0")
+    """A root-owned tmpfs of at most ``size`` on target, nosuid and nodev. Not noexec: the job
+    starter's copy of the batch script is run from it, as pbs_mom's shell runs the job's .SC
+    file (the user could run the same bytes from their home anyway)."""
+    _mount("tmpfs", str(target), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode:o},uid=0,gid=0")
 
 
 def unmount(path: Path, limit: int = 16) -> int:
