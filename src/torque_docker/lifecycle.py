@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import keys, plan, policy, probe, render, resources
+from . import keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
 from .errors import ImageError, NodeFault, PolicyError, RequestError, no_sshd
 from .identity import UserInfo, lookup, reachable_dirs
@@ -197,6 +197,8 @@ def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config
             "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal,
             "usage_table": usage_table, "image": image, "model": model, "local_aliases": list(local_aliases),
             "node_aliases": list(node_aliases)}
+    # Open MPI may use its single-copy path (CMA) only where the containers' profile allows it.
+    info["cma"] = bool(run != "refused" and cfg.docker_seccomp_profile and seccomp.cma_works(seccomp.profile_text(cfg)))
     write_file(state.job_dir(jobid) / STARTER_RECORD, json.dumps(info, indent=1), 0o640, uid=0, gid=user.gid)
 
 
@@ -427,6 +429,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 mem_limit=str(limits.mem_limit) if limits.mem_limit else None,
                 ipc_mode=ipc_mode(container),
                 cgroup_parent=limits.cgroup_parent,
+                seccomp=seccomp.profile_text(cfg),
             )
             if launcher_hosts and container.slot == 0:
                 spec = replace(spec, binds=tuple((src.replace("/hosts", "/hosts-launcher") if dst == "/etc/hosts"
