@@ -36,10 +36,10 @@ CACHE = Path(os.environ.get("TD_BENCH_CACHE", "/var/tmp/td-bench-cache"))
 MODES = {
     # rounds of the MPI configurations, HPL (N, NB) per BLAS, ping-pong max size;
     # repetitions of the start-up jobs, slot counts, variants
-    "full": dict(rounds=7, configs=["native", "node", "process", "native-nocma"],
+    "full": dict(rounds=7, configs=["native", "node", "process", "native-nocma", "pairs"],
                  hpl={"openblas": (8000, 192), "refblas": (3000, 64)}, pingpong_max=4 << 20,
                  reps=2, slots=[1, 2, 4, 8, 16], variants=["node", "process", "node*"]),
-    "quick": dict(rounds=3, configs=["native", "node", "process", "native-nocma"],
+    "quick": dict(rounds=3, configs=["native", "node", "process", "native-nocma", "pairs"],
                   hpl={"openblas": (6000, 192)}, pingpong_max=4 << 20,
                   reps=1, slots=[1, 2, 4, 8, 16], variants=["node", "process"]),
 }
@@ -109,6 +109,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short run (about 5 minutes)")
     parser.add_argument("--only", choices=["startup", "mpi"], help="run one part only")
     parser.add_argument("--rounds", type=int, help="MPI rounds (each configuration once per round)")
+    parser.add_argument("--configs", help="MPI configurations, comma-separated (default: all)")
     parser.add_argument("--reps", type=int, help="repetitions of every start-up job")
     parser.add_argument("--out", type=Path, help="results directory (default bench/results/<run id>)")
     parser.add_argument("--render", type=Path, metavar="DIR",
@@ -121,6 +122,8 @@ def main() -> int:
     plan = dict(MODES[mode])
     if args.rounds:
         plan["rounds"] = args.rounds
+    if args.configs:
+        plan["configs"] = args.configs.split(",")
     if args.reps:
         plan["reps"] = args.reps
     do_startup = args.only in (None, "startup")

@@ -93,7 +93,26 @@ def summarize_startup(data: Dict[str, object]) -> Dict[str, object]:
     return {"floor": floor, "hooks": out, "pooled_node": pooled}
 
 
+def expand_pairs(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+    """A ``pairs`` job becomes one row per side and pair: configs ``pairs:native`` and
+    ``pairs:node``, whose "round" is (round, pair) so each pair is compared as a round is."""
+    out: List[Dict[str, object]] = []
+    for r in rows:
+        if r["config"] != "pairs":
+            out.append(r)
+            continue
+        for p in r.get("pairs") or []:  # type: ignore[union-attr]
+            out.append(dict(r, config=f"pairs:{p['side']}", round=f"{r['round']}.{p['pair']}",
+                            pingpong=p["pingpong"], hpl={}))
+    return out
+
+
+def reference(config: str) -> str:
+    return "pairs:native" if config.startswith("pairs:") else "native"
+
+
 def summarize_mpi(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
+    rows = expand_pairs(rows)
     configs = list(dict.fromkeys(r["config"] for r in rows))
     out: Dict[str, Dict[str, object]] = {}
     for config in configs:
@@ -119,9 +138,10 @@ def summarize_mpi(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
                                    "lat_best": med(p.get("lat_min_us", p["lat_us"]) for p in pts),
                                    "bw_best": med(p.get("bw_max_MBps", p["bw_MBps"]) for p in pts)}
         out[config] = s
-    native = out.get("native")
-    if native:
-        for config, s in out.items():
+    for config, s in out.items():
+        ref = reference(config)
+        native = out.get(ref)
+        if native:
             for blas, h in s["hpl"].items():  # type: ignore[union-attr]
                 nh = native["hpl"].get(blas)  # type: ignore[union-attr]
                 h["ratio_median"] = ratio(h["median"], nh["median"]) if nh else NAN
@@ -132,7 +152,7 @@ def summarize_mpi(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
                 for r in rows:
                     if r["config"] != config or blas not in r["hpl"]:
                         continue
-                    n = [x for x in rows if x["config"] == "native" and x["round"] == r["round"] and blas in x["hpl"]]
+                    n = [x for x in rows if x["config"] == ref and x["round"] == r["round"] and blas in x["hpl"]]
                     if n and n[0]["hpl"][blas]["gflops"]:
                         pairs.append(r["hpl"][blas]["gflops"] / n[0]["hpl"][blas]["gflops"])
                 h["ratio_paired"] = med(pairs)
@@ -148,7 +168,7 @@ def summarize_mpi(rows: Sequence[Dict[str, object]]) -> Dict[str, object]:
                     if r["config"] != config:
                         continue
                     mine_pt = [x for x in r["pingpong"] if x["bytes"] == size]
-                    nat = [x for n in rows if n["config"] == "native" and n["round"] == r["round"]
+                    nat = [x for n in rows if n["config"] == ref and n["round"] == r["round"]
                            for x in n["pingpong"] if x["bytes"] == size]
                     if mine_pt and nat and nat[0]["lat_us"] and nat[0]["bw_MBps"]:
                         lat_pairs.append(mine_pt[0]["lat_us"] / nat[0]["lat_us"])
@@ -182,6 +202,13 @@ def targets(startup: Optional[Dict[str, object]], mpi: Optional[Dict[str, object
                 add(f"ping-pong {LARGE >> 20} MiB bandwidth, {config} / native", large.get("bw_ratio", NAN), T_BW,
                     "higher", f"paired by round: {f(large.get('bw_paired', NAN))}, "
                     f"fastest batches: {f(large.get('bw_best_ratio', NAN))}")
+        if "pairs:node" in mpi:
+            pp = mpi["pairs:node"]["pingpong"]  # type: ignore[index]
+            small, large = pp.get(SMALL, {}), pp.get(LARGE, {})
+            add(f"ping-pong {SMALL} B latency, node / native, back-to-back pairs in one job (median of pair ratios)",
+                small.get("lat_paired", NAN), T_LAT, "lower", f"medians: {f(small.get('lat_ratio', NAN))}")
+            add(f"ping-pong {LARGE >> 20} MiB bandwidth, node / native, back-to-back pairs in one job",
+                large.get("bw_paired", NAN), T_BW, "higher", f"medians: {f(large.get('bw_ratio', NAN))}")
     if startup:
         fl = startup["floor"]  # type: ignore[index]
         f1 = fl.get(1, {"start": NAN, "rm": NAN})
@@ -418,7 +445,7 @@ def write_raw(out: Path, raw: Dict[str, object]) -> None:
     rows = raw.get("mpi")
     if rows:
         flat = []
-        for r in rows:  # type: ignore[union-attr]
+        for r in expand_pairs(rows):  # type: ignore[arg-type]
             base = {"config": r["config"], "round": r["round"], "jobid": r["jobid"], "ok": r["ok"]}
             for blas, h in r["hpl"].items():
                 flat.append({**base, "kind": f"hpl-{blas}", "size": h["N"], "value": h["gflops"], "unit": "GFLOPS"})
