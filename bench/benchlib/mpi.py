@@ -9,7 +9,9 @@ mpirun line. The only difference is the job's ``-l other=image=...`` request:
   node       model=node, 1 node x 2 slots: one container, both ranks in it
   process    model=process, 1 node x 2 slots: one container per rank
   node-2x1   model=node, 2 nodes x 1 slot: one container on each simulated node (TCP)
-  native-nocma  control: native with the containers' shared-memory setting (ping-pong only)
+  native-nocma  control: native without Open MPI's single-copy path (ping-pong only)
+  pairs      one model=node, run=host job: the ping-pong natively, then in the container,
+             back to back, several times (ping-pong only)
 
 Configurations alternate (round r runs them in a rotated order), several rounds each,
 so slow phases of this shared machine hit every configuration alike; medians compare.
@@ -32,9 +34,9 @@ CONFIGS: Dict[str, Dict[str, object]] = {
                 "args": '-hostfile "$PBS_NODEFILE"'},
     "node-2x1": {"nodes": [("bnode0", 1), ("bnode1", 1)], "other": f"image={IMAGE};model=node",
                  "args": '-hostfile "$PBS_NODEFILE"'},
-    # A control, not a product configuration: native with the single-copy setting every
-    # container job gets (Docker's seccomp profile blocks CMA's process_vm_readv), to tell
-    # that setting's cost from the container's. Ping-pong only.
+    # A control, not a product configuration: native with the single-copy setting container
+    # jobs get under Docker's default seccomp profile (it blocks CMA's process_vm_readv), to
+    # tell that setting's cost from the container's. Ping-pong only.
     "native-nocma": {"nodes": [("bnode0", 2)], "other": None, "args": "--mca btl_vader_single_copy_mechanism none",
                      "hpl": False},
     # Back-to-back pairs in ONE job (run=host, model=node): the ping-pong natively on the
