@@ -11,7 +11,7 @@ mpirun line. The only difference is the job's ``-l other=image=...`` request:
   node-2x1   model=node, 2 nodes x 1 slot: one container on each simulated node (TCP)
   native-nocma  control: native without Open MPI's single-copy path (ping-pong only)
   pairs      one model=node, run=host job: the ping-pong natively, then in the container,
-             back to back, several times (ping-pong only)
+             back to back, several times (HPL and ping-pong)
 
 Configurations alternate (round r runs them in a rotated order), several rounds each,
 so slow phases of this shared machine hit every configuration alike; medians compare.
@@ -43,9 +43,9 @@ CONFIGS: Dict[str, Dict[str, object]] = {
     # host, then with both ranks in the job's container, seconds apart, order alternating.
     # On this VM the ping-pong flips between a fast and a slow mode within seconds, natively
     # too, so runs a minute apart (separate jobs) compare different modes; pairs this close
-    # mostly compare like with like. Ping-pong only.
+    # mostly compare like with like. HPL (both BLAS) and the ping-pong, each pair back to back.
     "pairs": {"nodes": [("bnode0", 2)], "other": f"image={IMAGE};model=node;run=host", "args": "", "hpl": False,
-              "pairs": 4},
+              "pairs": 3},
 }
 PAIR_SIDES = {"native": "host", "node": "inside-the-bench-image"}
 
@@ -109,10 +109,13 @@ for i in $(seq 1 {pairs}); do
     if [ $((i % 2)) = 1 ]; then order="native node"; else order="node native"; fi
     for side in $order; do
         echo "BENCH pair $i $side"
-        $side ../bin/pingpong {max_bytes} || exit 4
+{hpl}        $side ../bin/pingpong {max_bytes} || exit 4
     done
 done
 echo "BENCH section done"
+"""
+PAIR_HPL = """        echo "BENCH pairhpl {blas}"
+        (cd hpl-{blas} && $side -x OPENBLAS_NUM_THREADS=1 ../../bin/xhpl-{blas}) || exit 4
 """
 PAIR = re.compile(r"BENCH pair (\d+) (\S+)")
 
@@ -142,8 +145,17 @@ def parse_output(stdout: str, stderr: str) -> Dict[str, object]:
             continue
         m = PAIR.match(line)
         if m:
-            out["pairs"].append({"pair": int(m.group(1)), "side": m.group(2), "pingpong": []})  # type: ignore[union-attr]
+            out["pairs"].append({"pair": int(m.group(1)), "side": m.group(2), "pingpong": [], "hpl": {}})  # type: ignore
             target = out["pairs"][-1]["pingpong"]  # type: ignore[index]
+            continue
+        if line.startswith("BENCH pairhpl "):
+            section = "pairhpl-" + line.split()[-1]
+            continue
+        m = XHPL.search(line)
+        if m and section.startswith("pairhpl-") and out["pairs"]:
+            out["pairs"][-1]["hpl"][section[8:]] = {  # type: ignore[index]
+                "N": int(m.group(1)), "NB": int(m.group(2)), "seconds": float(m.group(5)),
+                "gflops": float(m.group(6)), "passed": m.group(7) == "1"}
             continue
         m = XHPL.search(line)
         if m and section.startswith("hpl-"):
@@ -179,7 +191,12 @@ def one_run(site: BenchSite, config: str, rnd: int, hpl_sizes: Dict[str, Sequenc
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(base)], check=True)
     script = SCRIPT.format(rundir=rundir, args=spec["args"], sections="".join(sections))
     if spec.get("pairs"):
-        script = PAIRS_SCRIPT.format(rundir=rundir, pairs=spec["pairs"], max_bytes=pingpong_max)
+        for blas, (n, nb) in hpl_sizes.items():
+            site.install_dir(base / f"hpl-{blas}")
+            (base / f"hpl-{blas}" / "hpccinf.txt").write_text(HPL_DAT.format(n=n, nb=nb))
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(base)], check=True)
+        script = PAIRS_SCRIPT.format(rundir=rundir, pairs=spec["pairs"], max_bytes=pingpong_max,
+                                     hpl="".join(PAIR_HPL.format(blas=blas) for blas in hpl_sizes))
     job = site.job(script, spec["nodes"], spec["other"], name=f"mpi-{config}")  # type: ignore[arg-type]
     result = site.cluster.run(job)
     row: Dict[str, object] = {"config": config, "round": rnd, "jobid": job.jobid,
@@ -193,7 +210,9 @@ def one_run(site: BenchSite, config: str, rnd: int, hpl_sizes: Dict[str, Sequenc
         row["placement_ok"] = len(ranks) == 2 and all(r["in"] == expected_in for r in ranks)  # type: ignore[index]
     hpl_ok = all(blas in row["hpl"] and row["hpl"][blas]["passed"]  # type: ignore[index]
                  for blas in (hpl_sizes if spec.get("hpl", True) else ()))
-    measured = (len(row["pairs"]) == 2 * int(spec["pairs"]) and all(p["pingpong"] for p in row["pairs"])  # type: ignore
+    measured = (len(row["pairs"]) == 2 * int(spec["pairs"])  # type: ignore
+                and all(p["pingpong"] and all(p["hpl"].get(b, {}).get("passed") for b in hpl_sizes)  # type: ignore
+                        for p in row["pairs"])  # type: ignore
                 if spec.get("pairs") else bool(row["pingpong"]))
     row["ok"] = result.exit_status == 0 and row["placement_ok"] and hpl_ok and measured
     if not row["ok"]:
@@ -220,8 +239,10 @@ def run(site: BenchSite, binaries: Path, configs: Sequence[str], rounds: int, hp
             for p in row["pairs"]:  # type: ignore[union-attr]
                 last = p["pingpong"][-1] if p["pingpong"] else None
                 first = next((x for x in p["pingpong"] if x["bytes"] == 4), None)
+                hpl_text = "".join(f"HPL {b} {v['gflops']:.2f}, " for b, v in p["hpl"].items())
                 if first and last:
-                    pp += f"\n      pair {p['pair']} {p['side']:6s}: 4 B {first['lat_us']:.2f} us, 4 MiB {last['bw_MBps']:.0f} MB/s"
+                    pp += (f"\n      pair {p['pair']} {p['side']:6s}: {hpl_text}"
+                           f"4 B {first['lat_us']:.2f} us, 4 MiB {last['bw_MBps']:.0f} MB/s")
             status = "" if row["ok"] else f"  FAILED: {str(row.get('error', ''))[-300:]}"
             say(f"  MPI round {rnd + 1}/{rounds} {config:8s}: {desc}{pp}{status}")
     return rows

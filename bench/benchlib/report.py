@@ -103,7 +103,7 @@ def expand_pairs(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
             continue
         for p in r.get("pairs") or []:  # type: ignore[union-attr]
             out.append(dict(r, config=f"pairs:{p['side']}", round=f"{r['round']}.{p['pair']}",
-                            pingpong=p["pingpong"], hpl={}))
+                            pingpong=p["pingpong"], hpl=p.get("hpl") or {}))
     return out
 
 
@@ -203,6 +203,11 @@ def targets(startup: Optional[Dict[str, object]], mpi: Optional[Dict[str, object
                     "higher", f"paired by round: {f(large.get('bw_paired', NAN))}, "
                     f"fastest batches: {f(large.get('bw_best_ratio', NAN))}")
         if "pairs:node" in mpi:
+            for blas, name in (("openblas", "OpenBLAS"), ("refblas", "reference BLAS")):
+                h = mpi["pairs:node"]["hpl"].get(blas)  # type: ignore[index]
+                if h:
+                    add(f"HPL ({name}) node / native, back-to-back pairs in one job", h.get("ratio_paired", NAN),
+                        T_HPL, "higher", f"medians: {f(h.get('ratio_median', NAN))}")
             pp = mpi["pairs:node"]["pingpong"]  # type: ignore[index]
             small, large = pp.get(SMALL, {}), pp.get(LARGE, {})
             add(f"ping-pong {SMALL} B latency, node / native, back-to-back pairs in one job (median of pair ratios)",
