@@ -9,7 +9,9 @@ mpirun line. The only difference is the job's ``-l other=image=...`` request:
   node       model=node, 1 node x 2 slots: one container, both ranks in it
   process    model=process, 1 node x 2 slots: one container per rank
   node-2x1   model=node, 2 nodes x 1 slot: one container on each simulated node (TCP)
-  native-nocma  control: native with the containers' shared-memory setting (ping-pong only)
+  native-nocma  control: native without Open MPI's single-copy path (ping-pong only)
+  pairs      one model=node, run=host job: the ping-pong natively, then in the container,
+             back to back, several times (HPL and ping-pong)
 
 Configurations alternate (round r runs them in a rotated order), several rounds each,
 so slow phases of this shared machine hit every configuration alike; medians compare.
@@ -32,12 +34,20 @@ CONFIGS: Dict[str, Dict[str, object]] = {
                 "args": '-hostfile "$PBS_NODEFILE"'},
     "node-2x1": {"nodes": [("bnode0", 1), ("bnode1", 1)], "other": f"image={IMAGE};model=node",
                  "args": '-hostfile "$PBS_NODEFILE"'},
-    # A control, not a product configuration: native with the single-copy setting every
-    # container job gets (Docker's seccomp profile blocks CMA's process_vm_readv), to tell
-    # that setting's cost from the container's. Ping-pong only.
+    # A control, not a product configuration: native with the single-copy setting container
+    # jobs get under Docker's default seccomp profile (it blocks CMA's process_vm_readv), to
+    # tell that setting's cost from the container's. Ping-pong only.
     "native-nocma": {"nodes": [("bnode0", 2)], "other": None, "args": "--mca btl_vader_single_copy_mechanism none",
                      "hpl": False},
+    # Back-to-back pairs in ONE job (run=host, model=node): the ping-pong natively on the
+    # host, then with both ranks in the job's container, seconds apart, order alternating.
+    # On this VM the ping-pong flips between a fast and a slow mode within seconds, natively
+    # too, so runs a minute apart (separate jobs) compare different modes; pairs this close
+    # mostly compare like with like. HPL (both BLAS) and the ping-pong, each pair back to back.
+    "pairs": {"nodes": [("bnode0", 2)], "other": f"image={IMAGE};model=node;run=host", "args": "", "hpl": False,
+              "pairs": 3},
 }
+PAIR_SIDES = {"native": "host", "node": "inside-the-bench-image"}
 
 HPL_DAT = """HPLinpack benchmark input file
 torque-docker bench
@@ -87,6 +97,28 @@ SECTION_PINGPONG = """echo "BENCH section pingpong"
 $MPI ../bin/pingpong {max_bytes}
 """
 
+PAIRS_SCRIPT = """#!/bin/bash
+cd "$PBS_O_WORKDIR/{rundir}" || exit 3
+native() {{ env -u OMPI_MCA_orte_default_hostfile mpirun -np 2 --host localhost:2 "$@"; }}
+node() {{ mpirun -np 2 -hostfile "$PBS_NODEFILE" "$@"; }}
+echo "BENCH section where"
+for side in native node; do
+    $side sh -c 'echo "BENCH rank=$OMPI_COMM_WORLD_RANK in=$(cat /etc/torque-docker-test-marker 2>/dev/null || echo host) cpus=$(grep Cpus_allowed_list /proc/self/status | cut -f2)"'
+done
+for i in $(seq 1 {pairs}); do
+    if [ $((i % 2)) = 1 ]; then order="native node"; else order="node native"; fi
+    for side in $order; do
+        echo "BENCH pair $i $side"
+{hpl}        $side ../bin/pingpong {max_bytes} || exit 4
+    done
+done
+echo "BENCH section done"
+"""
+PAIR_HPL = """        echo "BENCH pairhpl {blas}"
+        (cd hpl-{blas} && $side -x OPENBLAS_NUM_THREADS=1 ../../bin/xhpl-{blas}) || exit 4
+"""
+PAIR = re.compile(r"BENCH pair (\d+) (\S+)")
+
 XHPL = re.compile(r"XHPL N=(\d+) NB=(\d+) P=(\d+) Q=(\d+) time=([\d.]+) gflops=([\d.]+) passed=(\d)")
 PINGPONG = re.compile(r"PINGPONG bytes=(\d+) iters=(\d+) lat_us=([\d.]+) bw_MBps=([\d.]+)"
                       r"(?: lat_min_us=([\d.]+) bw_max_MBps=([\d.]+))?")
@@ -104,11 +136,26 @@ def prepare(site: BenchSite, binaries: Path) -> Path:
 
 
 def parse_output(stdout: str, stderr: str) -> Dict[str, object]:
-    out: Dict[str, object] = {"hpl": {}, "pingpong": [], "ranks": [], "bindings": []}
+    out: Dict[str, object] = {"hpl": {}, "pingpong": [], "ranks": [], "bindings": [], "pairs": []}
     section = ""
+    target = out["pingpong"]
     for line in stdout.splitlines():
         if line.startswith("BENCH section "):
             section = line.split()[-1]
+            continue
+        m = PAIR.match(line)
+        if m:
+            out["pairs"].append({"pair": int(m.group(1)), "side": m.group(2), "pingpong": [], "hpl": {}})  # type: ignore
+            target = out["pairs"][-1]["pingpong"]  # type: ignore[index]
+            continue
+        if line.startswith("BENCH pairhpl "):
+            section = "pairhpl-" + line.split()[-1]
+            continue
+        m = XHPL.search(line)
+        if m and section.startswith("pairhpl-") and out["pairs"]:
+            out["pairs"][-1]["hpl"][section[8:]] = {  # type: ignore[index]
+                "N": int(m.group(1)), "NB": int(m.group(2)), "seconds": float(m.group(5)),
+                "gflops": float(m.group(6)), "passed": m.group(7) == "1"}
             continue
         m = XHPL.search(line)
         if m and section.startswith("hpl-"):
@@ -116,7 +163,7 @@ def parse_output(stdout: str, stderr: str) -> Dict[str, object]:
                                        "gflops": float(m.group(6)), "passed": m.group(7) == "1"}
         m = PINGPONG.search(line)
         if m:
-            out["pingpong"].append({"bytes": int(m.group(1)), "lat_us": float(m.group(3)),
+            target.append({"bytes": int(m.group(1)), "lat_us": float(m.group(3)),
                                     "bw_MBps": float(m.group(4)), "lat_min_us": float(m.group(5) or m.group(3)),
                                     "bw_max_MBps": float(m.group(6) or m.group(4))})
         m = RANK.search(line)
@@ -143,6 +190,13 @@ def one_run(site: BenchSite, config: str, rnd: int, hpl_sizes: Dict[str, Sequenc
     sections.append(SECTION_PINGPONG.format(max_bytes=pingpong_max))
     subprocess.run(["chown", "-R", f"{USER}:{USER}", str(base)], check=True)
     script = SCRIPT.format(rundir=rundir, args=spec["args"], sections="".join(sections))
+    if spec.get("pairs"):
+        for blas, (n, nb) in hpl_sizes.items():
+            site.install_dir(base / f"hpl-{blas}")
+            (base / f"hpl-{blas}" / "hpccinf.txt").write_text(HPL_DAT.format(n=n, nb=nb))
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(base)], check=True)
+        script = PAIRS_SCRIPT.format(rundir=rundir, pairs=spec["pairs"], max_bytes=pingpong_max,
+                                     hpl="".join(PAIR_HPL.format(blas=blas) for blas in hpl_sizes))
     job = site.job(script, spec["nodes"], spec["other"], name=f"mpi-{config}")  # type: ignore[arg-type]
     result = site.cluster.run(job)
     row: Dict[str, object] = {"config": config, "round": rnd, "jobid": job.jobid,
@@ -150,10 +204,17 @@ def one_run(site: BenchSite, config: str, rnd: int, hpl_sizes: Dict[str, Sequenc
     row.update(parse_output(result.stdout, result.stderr))
     expected_in = "host" if spec["other"] is None else "inside-the-bench-image"
     ranks = row["ranks"]
-    row["placement_ok"] = len(ranks) == 2 and all(r["in"] == expected_in for r in ranks)  # type: ignore[index]
+    if spec.get("pairs"):     # the native pair's ranks on the host, then the container's
+        row["placement_ok"] = [r["in"] for r in ranks] == ["host", "host"] + [PAIR_SIDES["node"]] * 2  # type: ignore
+    else:
+        row["placement_ok"] = len(ranks) == 2 and all(r["in"] == expected_in for r in ranks)  # type: ignore[index]
     hpl_ok = all(blas in row["hpl"] and row["hpl"][blas]["passed"]  # type: ignore[index]
                  for blas in (hpl_sizes if spec.get("hpl", True) else ()))
-    row["ok"] = result.exit_status == 0 and row["placement_ok"] and hpl_ok and bool(row["pingpong"])
+    measured = (len(row["pairs"]) == 2 * int(spec["pairs"])  # type: ignore
+                and all(p["pingpong"] and all(p["hpl"].get(b, {}).get("passed") for b in hpl_sizes)  # type: ignore
+                        for p in row["pairs"])  # type: ignore
+                if spec.get("pairs") else bool(row["pingpong"]))
+    row["ok"] = result.exit_status == 0 and row["placement_ok"] and hpl_ok and measured
     if not row["ok"]:
         row["error"] = (result.stderr.strip() + "\n" + result.stdout.strip())[-1500:]
     row["leftover_containers"] = len(site.containers_of(job.jobid))
@@ -175,6 +236,13 @@ def run(site: BenchSite, binaries: Path, configs: Sequence[str], rounds: int, hp
             big = row["pingpong"][-1] if row["pingpong"] else None  # type: ignore[index]
             pp = (f", ping-pong 4 B {small['lat_us']:.2f} us, {big['bytes'] >> 20} MiB {big['bw_MBps']:.0f} MB/s"
                   if small and big else "")
+            for p in row["pairs"]:  # type: ignore[union-attr]
+                last = p["pingpong"][-1] if p["pingpong"] else None
+                first = next((x for x in p["pingpong"] if x["bytes"] == 4), None)
+                hpl_text = "".join(f"HPL {b} {v['gflops']:.2f}, " for b, v in p["hpl"].items())
+                if first and last:
+                    pp += (f"\n      pair {p['pair']} {p['side']:6s}: {hpl_text}"
+                           f"4 B {first['lat_us']:.2f} us, 4 MiB {last['bw_MBps']:.0f} MB/s")
             status = "" if row["ok"] else f"  FAILED: {str(row.get('error', ''))[-300:]}"
             say(f"  MPI round {rnd + 1}/{rounds} {config:8s}: {desc}{pp}{status}")
     return rows

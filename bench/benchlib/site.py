@@ -46,9 +46,15 @@ class BenchSite:
         keys.generate_secret(str(self.secret))
         self.log_file = self.root / "torque-docker.log"
         self.configs: Dict[str, Path] = {}
+        # The profile the package ships (Docker's default plus CMA's two calls), root's copy as
+        # a site would have it in /etc/torque-docker: Open MPI's single-copy path is on.
+        self.seccomp_profile = self.root / "seccomp-cma.json"
+        shutil.copyfile(REPO / "packaging" / "seccomp-cma.json", self.seccomp_profile)
+        os.chmod(self.seccomp_profile, 0o644)
         for node, address in NODES.items():
             conf = self.root / f"{node}.conf"
-            conf.write_text(f"[network]\nnode_name = {node}\nlisten_address = {address}\n"
+            conf.write_text(f"[docker]\nseccomp_profile = {self.seccomp_profile}\n"
+                            f"[network]\nnode_name = {node}\nlisten_address = {address}\n"
                             f"[paths]\nstate_dir = {self.root}/state-{node}\nsecret_file = {self.secret}\n"
                             f"[log]\ndestination = file:{self.log_file}\n")
             self.configs[node] = conf

@@ -6,6 +6,7 @@ checked because something it needs failed). The exit status is 1 when anything F
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -270,6 +271,27 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         return None
     docker_ok = check("docker", docker)
 
+    def seccomp_profile() -> Optional[str]:
+        from . import seccomp
+        assert cfg is not None
+        if not cfg.docker_seccomp_profile:
+            notes.append("seccomp: Docker's default profile; Open MPI's single-copy path (CMA) stays off "
+                         "([docker] seccomp_profile)")
+            return None
+        try:
+            text = seccomp.profile_text(cfg)
+        except TorqueDockerError as exc:
+            return f"{exc.message}: {exc.fix}"
+        if not seccomp.allows_cma(json.loads(text)):
+            raise Warn(f"{cfg.docker_seccomp_profile} does not allow process_vm_readv/writev: "
+                       "Open MPI's single-copy path stays off")
+        if not seccomp.cma_works(text):
+            raise Warn(f"Yama's ptrace_scope is {seccomp.yama_scope()} (2 or more): no process may read another's "
+                       "memory, Open MPI's single-copy path stays off")
+        notes.append(f"seccomp: {cfg.docker_seccomp_profile}, Open MPI's single-copy path (CMA) on")
+        return None
+    check("seccomp profile", seccomp_profile)
+
     def ssh_include() -> Optional[str]:
         assert cfg is not None
         dropin = Path(cfg.ssh_dropin)
@@ -349,7 +371,7 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
 def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[str]:
     """Start the image the way a job does (non-root, no capabilities), test its sshd with the
     job's own sshd_config and keys (``sshd -t``), and look for the ssh client. Removes what it starts."""
-    from . import keys as keys_mod, lifecycle, policy
+    from . import keys as keys_mod, lifecycle, policy, seccomp
     from .identity import lookup
     from .runtime import ContainerSpec
     from .state import NodeState
@@ -378,7 +400,7 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
             spec = ContainerSpec(image=choice.reference, name=f"torque-docker-{jobid}-{what.split()[-1]}",
                                  hostname="torque-docker-check", command=command,
                                  user=f"{user.uid}:{user.gid}", group_add=(), labels={CHECK_LABEL: jobid},
-                                 binds=binds, shm_size=cfg.jobs_shm_size)
+                                 binds=binds, shm_size=cfg.jobs_shm_size, seccomp=seccomp.profile_text(cfg))
             ident = runtime.start(spec)
             try:
                 deadline = time.monotonic() + timeout

@@ -172,6 +172,7 @@ class Option:
 OPTIONS: List[Option] = [
     Option("docker", "endpoint", _text, "unix:///var/run/docker.sock", "Docker daemon address"),
     Option("docker", "api_timeout", _seconds, "30", "seconds one Docker API call may take"),
+    Option("docker", "seccomp_profile", _optional_path, "", "seccomp profile of job containers, root's file (empty: Docker's default, which stops Open MPI's single-copy path; /etc/torque-docker/seccomp-cma.json: Docker's default plus the two calls it needs)"),
     Option("network", "node_name", _text, "", "this node's name in Torque (default: the host name)"),
     Option("network", "listen_address", _address, "auto", "address sshd listens on in containers (auto: this node's name resolved)"),
     Option("network", "port_range", _port_range, "40000-40999", "ports for sshd in containers"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import hostpath, keys, plan, policy, probe, render, resources
+from . import hostpath, keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
 from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
@@ -208,6 +208,8 @@ def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config
             "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal,
             "usage_table": usage_table, "image": image, "model": model, "local_aliases": list(local_aliases),
             "node_aliases": list(node_aliases)}
+    # Open MPI may use its single-copy path (CMA) only where the containers' profile allows it.
+    info["cma"] = bool(run != "refused" and cfg.docker_seccomp_profile and seccomp.cma_works(seccomp.profile_text(cfg)))
     write_file(state.job_dir(jobid) / STARTER_RECORD, json.dumps(info, indent=1), 0o640, uid=0, gid=user.gid)
 
 
@@ -561,6 +563,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 cgroup_parent=limits.cgroup_parent,
                 pids_limit=cfg.jobs_pids_limit or None, ulimits=cfg.jobs_ulimits, tmpfs=limits.tmpfs,
                 read_only=cfg.jobs_read_only_root,
+                seccomp=seccomp.profile_text(cfg),
             )
             if launcher_hosts and container.slot == 0:
                 spec = replace(spec, binds=tuple((src.replace("/hosts", "/hosts-launcher") if dst == "/etc/hosts"

@@ -45,6 +45,7 @@ class ContainerSpec:
     ulimits: Tuple[Tuple[str, int, int], ...] = ()     # (name, soft, hard)
     tmpfs: Tuple[Tuple[str, str], ...] = ()            # (container path, size): /tmp, the image's VOLUMEs
     read_only: bool = False                            # the image's file system
+    seccomp: str = ""                       # a profile's text (Docker takes the text, not a path); "": Docker's default
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,8 @@ class Runtime:
         kwargs = dict(
             image=spec.image, command=list(spec.command), name=spec.name, hostname=spec.hostname,
             detach=True, network_mode="host", user=spec.user, group_add=list(spec.group_add),
-            labels=spec.labels, security_opt=["no-new-privileges"], cap_drop=["ALL"], init=True,
+            labels=spec.labels, security_opt=["no-new-privileges"] + ([f"seccomp={spec.seccomp}"] if spec.seccomp else []),
+            cap_drop=["ALL"], init=True,
             mounts=[DockerMount(target=dst, source=src, type="bind", read_only=ro) for src, dst, ro in spec.binds],
             shm_size=spec.shm_size, stdin_open=False, tty=False,
         )

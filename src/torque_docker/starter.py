@@ -54,12 +54,23 @@ LAUNCHER_ENV: Dict[str, str] = {
     "OMPI_MCA_plm_rsh_agent": "ssh",
     "OMPI_MCA_ras": "^tm",                             # the allocation is the rewritten nodefile
     "OMPI_MCA_orte_set_default_slots": "none",         # count nodefile lines, not cores seen in a container
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # CMA is blocked by Docker's seccomp profile
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # unless record["cma"]: see launcher_env
     "OMPI_MCA_btl_tcp_if_exclude": "127.0.0.1/8,sppp,docker0",
     "OMPI_MCA_oob_tcp_if_exclude": "127.0.0.1/8,sppp,docker0",
     "HYDRA_LAUNCHER": "ssh",                           # MPICH: ssh, not a TM/PBS launcher
     "HYDRA_BOOTSTRAP": "ssh",
 }
+
+
+def launcher_env(record: Mapping) -> Dict[str, str]:
+    """LAUNCHER_ENV for this job: Docker's default seccomp profile refuses CMA's
+    process_vm_readv, so Open MPI must not try it unless the prologue recorded that the
+    containers got a profile allowing it (``cma``); then Open MPI picks its own default."""
+    env = dict(LAUNCHER_ENV)
+    if record.get("cma") is True:
+        del env["OMPI_MCA_btl_vader_single_copy_mechanism"]
+    return env
+
 
 #: Per-process or per-login variables that the job's environment file must not carry to
 #: other containers: sshd and the session set their own, a task has its own numbers.
@@ -102,7 +113,7 @@ def main(argv: Sequence[str]) -> int:
         return run_task(record, list(argv[1:]), environ)
     shell = argv[1]
     env = dict(environ)
-    env.update(LAUNCHER_ENV)
+    env.update(launcher_env(record))
     env["TORQUE_DOCKER_SSH_CONFIG"] = record.get("ssh_config", "")
     env["TORQUE_DOCKER_ALIAS"] = record.get("alias", "")
     if env.get("PBS_NODEFILE"):    # plain `mpirun prog` uses the job's slots, as with TM
@@ -315,7 +326,7 @@ def filtered_env(environ: Mapping[str, str], deny: Sequence[str], allow: Sequenc
 def container_env(info: dict, environ: Mapping[str, str], alias: Optional[str] = None) -> Dict[str, str]:
     """The job's environment as it should be inside the image."""
     env = filtered_env(environ, info.get("env_deny", []), info.get("env_pass", ["*"]))
-    env.update(LAUNCHER_ENV)
+    env.update(launcher_env(info))
     env["PATH"] = info.get("path") or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
     env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
     env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]

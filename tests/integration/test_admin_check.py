@@ -16,6 +16,7 @@ from conftest import MPICH_IMAGE, NOSSHD_IMAGE, OPENMPI_IMAGE
 from torque_docker.check import CHECK_LABEL
 
 NODE = "tdnode0"
+REPO = Path(__file__).resolve().parents[2]
 CLI = "import sys; from torque_docker.cli import main; sys.exit(main())"
 
 
@@ -194,6 +195,25 @@ def _image_from_config(site):
     site.configs[NODE].write_text(site.configs[NODE].read_text() + f"[check]\nimage = {NOSSHD_IMAGE}\n")
 
 
+def _profile(site, mode: int = 0o644, edit=None) -> Path:
+    import json
+    path = site.root / "seccomp-cma.json"
+    profile = json.loads((REPO / "packaging" / "seccomp-cma.json").read_text())
+    path.write_text(json.dumps(edit(profile) if edit else profile))
+    path.chmod(mode)
+    text = site.configs[NODE].read_text().split("[docker]\nseccomp_profile")[0]
+    site.configs[NODE].write_text(text + f"[docker]\nseccomp_profile = {path}\n")
+    return path
+
+
+def _seccomp_writable(site):
+    _profile(site, mode=0o666)
+
+
+def _seccomp_unconfined(site):
+    _profile(site, edit=lambda p: dict(p, defaultAction="SCMP_ACT_ALLOW"))
+
+
 # (case, break the node, the failing check's name, words its reason must hold)
 CASES: List[Tuple[str, Callable, str, str]] = [
     ("hook group-writable", _hook_mode, "hook ", "mode 775 is group/other writable; pbs_mom refuses it"),
@@ -222,6 +242,8 @@ CASES: List[Tuple[str, Callable, str, str]] = [
     ("image without sshd", _image_without_sshd, "image ", "has no /usr/sbin/sshd that the job user can run"),
     ("image not staged", _image_missing, "image ", "is not on this node (run 'torque-docker stage"),
     ("[check] image", _image_from_config, "image ", NOSSHD_IMAGE),
+    ("seccomp profile writable", _seccomp_writable, "seccomp profile", "writable by root only"),
+    ("seccomp profile unconfined", _seccomp_unconfined, "seccomp profile", "no confinement"),
 ]
 
 
@@ -235,6 +257,22 @@ def test_each_misconfiguration_fails_with_its_reason(node, docker_client, case, 
     line = levels["FAIL"][0]
     assert line.startswith(f"FAIL {name}"), text
     assert reason in line, text
+    assert no_check_containers(docker_client)
+
+
+def test_seccomp_profile_is_reported_and_proved_with_the_image(node, docker_client):
+    site = node
+    code, text, levels = run_check(site)
+    assert code == 0 and "seccomp: Docker's default profile" in text, text
+    _profile(site)
+    code, text, levels = run_check(site, "--image", OPENMPI_IMAGE)
+    assert code == 0 and levels["FAIL"] == [], text
+    assert "OK   seccomp profile: ok" in levels["OK"] and "single-copy path (CMA) on" in text, text
+    assert any(line.startswith(f"OK   image {OPENMPI_IMAGE}") for line in levels["OK"]), text
+    _profile(site, edit=lambda p: dict(p, syscalls=p["syscalls"][:-1]))     # without the CMA rule
+    code, text, levels = run_check(site)
+    assert code == 0 and any(line.startswith("WARN seccomp profile:") and "stays off" in line
+                             for line in levels["WARN"]), text
     assert no_check_containers(docker_client)
 
 

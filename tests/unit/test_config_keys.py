@@ -24,6 +24,8 @@ CASES: Dict[Tuple[str, str], Case] = {
     ("docker", "endpoint"): Case("tcp://10.0.0.5:2376", "tcp://10.0.0.5:2376", "localhost:2375",
                                  "is not a Docker address", "check"),
     ("docker", "api_timeout"): Case("12.5", 12.5, "0", "between 0 and 3600"),
+    ("docker", "seccomp_profile"): Case("/etc/td//seccomp-cma.json", "/etc/td/seccomp-cma.json", "seccomp-cma.json",
+                                        "absolute path"),
     ("network", "node_name"): Case("n042", "n042", "no-such-node.invalid", "cannot resolve node name", "resolve"),
     ("network", "listen_address"): Case("10.1.2.3", "10.1.2.3", "node01", "does not appear to be an IPv4 or IPv6"),
     ("network", "port_range"): Case("50000-50015", (50000, 50015), "50000-50014", "at least 16 ports"),
