@@ -494,6 +494,7 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
     write_file(ctr / "job-script", "", 0o700, **mine)
     write_file(ctr / "job.pid", "", 0o644, **mine)
     write_file(ctr / "job.env", "", 0o600, **mine)    # the starter writes the job's environment in place
+    write_file(ctr / "nodefile", "", 0o644, **mine)   # the MS pushes the rewritten one into sisters
     ensure_dir(ctr / "run", 0o700, user.uid, user.gid)  # the starter's pid and status file of each run
 
 
