@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import hostpath, keys, plan, policy, probe, render, resources, seccomp
+from . import devices, hostpath, keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
 from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
@@ -76,6 +76,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     model = request.model or cfg.jobs_default_model
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
     extra_mounts = policy.check_mounts(request.mounts, cfg)
+    ulimits = policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
@@ -102,6 +103,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
         num_nodes = int(ctx.environ.get("PBS_NUM_NODES", "1") or "1")
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
+    passed = devices.resolve(cfg.devices_paths)     # the node's fault when the site's devices are missing
     timer.step("plan")
 
     state = NodeState(cfg.paths_state_dir)
@@ -135,7 +137,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         if cores is None and slots_here:
             cores = state.allocate_cores(ctx.jobid, slots_here, resources.node_cpus())
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
-                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs)
+                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs,
+                                 ulimits=ulimits, devices=passed)
         started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, staged,
                                    secrets_.token, limits, image_id)
         setup.containers = started
@@ -504,6 +507,8 @@ class ContainerLimits:
     model: str = "node"
     cgroup_parent: Optional[str] = None
     tmpfs: Tuple[Tuple[str, str], ...] = ()   # (path, size): /tmp and the image's VOLUMEs
+    ulimits: Tuple[Tuple[str, int, int], ...] = ()   # (name, soft, hard): policy.container_ulimits
+    devices: Tuple[Tuple[str, str], ...] = ()        # (host, container) device nodes: devices.resolve
 
     def cpuset(self, slot: int) -> Optional[str]:
         if not self.cores:
@@ -561,7 +566,8 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 mem_limit=str(limits.mem_limit) if limits.mem_limit else None,
                 ipc_mode=ipc_mode(container),
                 cgroup_parent=limits.cgroup_parent,
-                pids_limit=cfg.jobs_pids_limit or None, ulimits=cfg.jobs_ulimits, tmpfs=limits.tmpfs,
+                pids_limit=cfg.jobs_pids_limit or None, ulimits=limits.ulimits, tmpfs=limits.tmpfs,
+                devices=limits.devices,
                 read_only=cfg.jobs_read_only_root,
                 seccomp=seccomp.profile_text(cfg),
             )

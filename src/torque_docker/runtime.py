@@ -46,6 +46,7 @@ class ContainerSpec:
     tmpfs: Tuple[Tuple[str, str], ...] = ()            # (container path, size): /tmp, the image's VOLUMEs
     read_only: bool = False                            # the image's file system
     seccomp: str = ""                       # a profile's text (Docker takes the text, not a path); "": Docker's default
+    devices: Tuple[Tuple[str, str], ...] = ()          # (host node, container path): [devices] paths
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,8 @@ class Runtime:
             kwargs["tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size},mode=1777" for path, size in spec.tmpfs}
         if spec.read_only:
             kwargs["read_only"] = True
+        if spec.devices:
+            kwargs["devices"] = [f"{host}:{inside}:rwm" for host, inside in spec.devices]
         try:
             return self.client.containers.run(**kwargs).id
         except ImageNotFound:

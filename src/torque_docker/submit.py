@@ -162,6 +162,8 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
     if site:
         choice = policy.resolve_image(request.image, cfg)
         mounts = policy.check_mounts(request.mounts, cfg)
+        from . import devices
+        policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
         for mount in mounts:
             if not (os.path.isdir(mount.source) and os.access(mount.source, os.R_OK | os.X_OK)):
                 raise RequestError(f"mount source {mount.source} is not a directory you can read",

@@ -458,3 +458,17 @@ def test_a_line_longer_than_qsubs_buffer_is_never_split(site):
     assert rc == 0, err
     assert out == b"#!/bin/sh\n#PBS -l image=debian:12\n#PBS -l other=image=debian:12\n" + long_comment + b"echo\n"
     assert qsub_sees([], out)["other"] == "image=debian:12"
+
+
+def test_a_ulimit_above_the_sites_bound_is_refused_at_qsub(site):
+    site.config.write_text(site.config.read_text() + "[limits]\nulimits = nofile=1024:4096\nuser_max = nofile=65536\n")
+    lines = refused(site, ["-l", "other=image=debian:12;ulimit=nofile=131072"], b"echo\n")
+    assert "ulimit nofile 131072 is above this site's bound of 65536" in lines[0]
+    lines = refused(site, ["-l", "other=image=debian:12;ulimit=stack=unlimited"], b"echo\n")
+    assert "not something this site lets a job set" in lines[0]
+
+
+def test_a_ulimit_within_the_sites_bound_passes_qsub(site):
+    site.config.write_text(site.config.read_text() + "[limits]\nuser_max = nofile=65536\n")
+    rc, out, err = site.run(["-l", "other=image=debian:12;ulimit=nofile=65536"], b"echo\n")
+    assert rc == 0, err
