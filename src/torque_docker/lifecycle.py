@@ -121,7 +121,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
 
     address = cfg.listen_address()
     binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid),
-                      forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg))
+                      forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg),
+                      tmpdir=torque_tmpdir(ctx))
     setup = Setup(ctx.jobid)
     try:
         tmpfs = container_tmpfs(volumes, binds, cfg.jobs_tmp_size, shown)
@@ -357,8 +358,24 @@ def _pin_dir(path: str, missing: TorqueDockerError) -> hostpath.Pinned:
         raise RequestError(f"{path} cannot be opened ({exc.strerror})", "give a directory you can read") from None
 
 
+def torque_tmpdir(ctx: HookContext) -> str:
+    """The job's own directory under mom's ``$tmpdir``, when mom has one.
+
+    mom makes ``$tmpdir/<jobid>`` as the job's user and puts it in ``TMPDIR`` of the
+    prologues and of the job, before any prologue, on every node (src/resmom/start_exec.c:
+    TTmpDirName, TMakeTmpDir; src/resmom/mom_comm.c for a sister's join), and removes it
+    with the job (src/resmom/mom_job_func.c). The containers see it at the same path, so
+    the job's ``$TMPDIR`` works inside; ``/tmp`` stays the site's sized tmpfs. The prologue's
+    environment is mom's, not the job's, and only a path named after the job is taken."""
+    value = ctx.environ.get("TMPDIR", "") if ctx.environ else ""
+    if value.startswith("/") and ".." not in value.split("/") and os.path.basename(value.rstrip("/")) == ctx.jobid:
+        return "/" + os.path.normpath(value).lstrip("/")
+    return ""
+
+
 def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path,
-              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES, site: Sequence[Mount] = ()) -> List[Bind]:
+              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES, site: Sequence[Mount] = (),
+              tmpdir: str = "") -> List[Bind]:
     """Host paths the containers see: the job's files, the user's home and working directory,
     the mounts the job asked for (``extra``, checked by policy.check_mounts) and the site's
     ``[mounts] default`` (``site``: a problem with those is the admin's, a ConfigError).
@@ -395,6 +412,12 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
                                     "ask for a directory you can read")))
+    if tmpdir and tmpdir not in own_dirs:
+        if tmpdir in {m.target for m in extra} | {m.target for m in site}:
+            raise RequestError(f"mount target {tmpdir} is the job's $TMPDIR", "mount it somewhere else, e.g. under /data")
+        wanted.append((os.path.realpath(tmpdir), tmpdir, False,
+                       NodeFault(f"Torque's $tmpdir directory {tmpdir} for this job is missing or not reachable by "
+                                 f"{user.name}", "check $tmpdir in mom_priv/config on this node")))
     for mount in site:
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        ConfigError(f"[mounts] default {mount} is not a directory {user.name} can read on this node",

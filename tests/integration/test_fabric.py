@@ -91,3 +91,24 @@ def test_check_reports_the_devices_and_limits_it_sees(make_site, tmp_path):
     assert "devices: 2 node(s): /dev/infiniband/rdma_cm /dev/infiniband/uverbs0" in text, text
     assert ("limits: containers get nofile=1024:4096 stack=8388608:8388608 memlock=unlimited:unlimited; "
             "jobs may ask up to nofile=8192:8192") in text, text
+
+
+TMPDIR_SCRIPT = """#!/bin/bash
+echo "TMPDIR $TMPDIR"
+touch "$TMPDIR/written-inside" && echo WROTE-TMPDIR
+stat -c 'OWNER %U' "$TMPDIR"
+grep -E ' /tmp ' /proc/mounts | awk '{print "MOUNT", $2, $3}'
+"""
+
+
+def test_torques_tmpdir_for_the_job_is_the_same_path_inside(make_site, docker_client):
+    """mom's $tmpdir/<jobid> (TMPDIR of the job) is bound at its own path; /tmp stays the tmpfs."""
+    site = make_site(nodes=1, tmpdir=True)
+    job = site.job(TMPDIR_SCRIPT, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
+    expected = site.cluster.job_tmpdir("tdnode0", job.jobid)
+    result = site.cluster.run(job)
+    assert result.exit_status == 0, result.stdout + result.stderr
+    assert body(result) == [f"TMPDIR {expected}", "WROTE-TMPDIR", f"OWNER {job.user}", "MOUNT /tmp tmpfs"], \
+        result.stdout + result.stderr
+    assert not expected.exists()                # mom removed it with the job
+    assert site.leftovers(docker_client, job.jobid) == []
