@@ -1101,6 +1101,8 @@ class Cluster:
         path = self.job_tmpdir(node, ctx.job.jobid)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
+        if node == ctx.ms:
+            self.gpufile(ctx.job.jobid, node).unlink(missing_ok=True)   # mom_job_func.c: <jobid>gpu
         with ctx.files_lock:
             ctx.holding.discard(node)
             paths = [self.nodefile(node, ctx.job.jobid)] + [
@@ -1198,6 +1200,7 @@ class Cluster:
         else:
             # 3. MS: nodefile, spool files, prologue, prologue.user.
             self._write_nodefile(ctx)
+            self._write_gpufile(ctx)
             self._open_std_files(ctx)
             aborted_rc = None
             for hook in ("prologue", "prologue.user"):
@@ -1283,6 +1286,28 @@ class Cluster:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(sisters)) as ex:
             futs = {n: ex.submit(fn, n) for n in sisters}
             return {n: f.result() for n, f in futs.items()}
+
+    def gpufile(self, jobid: str, ms: str) -> Path:
+        return self.pbs_home(ms) / "aux" / f"{jobid}gpu"
+
+    def job_gpus(self, ctx: _Ctx) -> list:
+        """The GPUs "the server chose": [(node, index)] in exec_host order.  NOT FAITHFUL:
+        the server picks free GPUs of each node; the simulator takes gpu0..gpuN-1 of every
+        node, listed from the highest index down (as the facts' example shows one node's)."""
+        per_chunk = []
+        for chunk in ctx.nodes_spec.split("+"):
+            fields = chunk.split(":")
+            gpus = next((int(f[5:]) for f in fields[1:] if f.startswith("gpus=") and f[5:].isdigit()), 0)
+            per_chunk += [gpus] * (int(fields[0]) if fields[0].isdigit() else 1)
+        return [(node, i) for (node, _), n in zip(ctx.job.nodes, per_chunk) for i in reversed(range(n))]
+
+    def _write_gpufile(self, ctx: _Ctx) -> None:
+        """Facts "GPUs and the job file": before the MS prologue, aux/<jobid>gpu holds one
+        line per GPU, host-gpuN (start_exec.c: write_attr_to_file(exec_gpus, "gpu"))."""
+        gpus = self.job_gpus(ctx)
+        if gpus:
+            self._write_root_file(self.gpufile(ctx.job.jobid, ctx.ms),
+                                  "".join(f"{node}-gpu{i}\n" for node, i in gpus), 0o644)
 
     def _write_nodefile(self, ctx: _Ctx) -> None:
         # Facts "The nodefile": one line per slot in exec_host order, root, 0644, written
@@ -1515,7 +1540,7 @@ class Cluster:
     def _job_env(self, ctx: _Ctx) -> dict:
         """The batch job's environment (InitUserEnv, src/resmom/start_exec.c).
         NOT FAITHFUL (omitted): PBS_O_PATH/PBS_O_SHELL/PBS_O_LANG/... (qsub copies of
-        the submitter's environment), PBS_GPUFILE, PBS_MICFILE, PBS_VERSION."""
+        the submitter's environment), PBS_MICFILE, PBS_VERSION."""
         j, pw = ctx.job, ctx.pw
         nn, ppn = torque_num_nodes_ppn(ctx.nodes_spec)
         env = {str(k): str(v) for k, v in j.variables.items()}   # qsub -v
@@ -1556,6 +1581,11 @@ class Cluster:
         tmp = self.job_tmpdir(ctx.ms, j.jobid)
         if tmp is not None:
             env["TMPDIR"] = str(tmp)     # InitUserEnv: "setup TMPDIR"
+        gpus = self.job_gpus(ctx)
+        if gpus:
+            # InitUserEnv (start_exec.c): the gpu file and every node's indices, in its order.
+            env["PBS_GPUFILE"] = str(self.gpufile(j.jobid, ctx.ms))
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for _, i in gpus)
         if "walltime" in j.resources:
             env["PBS_WALLTIME"] = str(parse_walltime(str(j.resources["walltime"])))
         return env

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import devices, hostpath, keys, plan, policy, probe, render, resources, seccomp
+from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
 from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
@@ -77,6 +77,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
     extra_mounts = policy.check_mounts(request.mounts, cfg)
     ulimits = policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
+    gpus.refuse_requested(parse_resource_list(ctx.resource_list))
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)

@@ -121,3 +121,20 @@ def test_the_old_jobs_ulimits_key_names_its_new_place():
 def test_show_writes_what_check_prints():
     assert limits.show((("memlock", -1, -1), ("nofile", 1024, 4096))) == "memlock=unlimited:unlimited nofile=1024:4096"
     assert limits.show(()) == "the Docker daemon's"
+
+
+# ----------------------------------------------------------------------------- GPUs
+def test_gpus_requested_counts_every_node_of_the_request():
+    from torque_docker import gpus
+    assert gpus.requested("2:ppn=4:gpus=2") == 4
+    assert gpus.requested("n1:ppn=1:gpus=1+n2:ppn=1:gpus=2") == 3
+    assert gpus.requested("n1:ppn=1+2:ppn=2") == 0
+    assert gpus.requested("") == 0
+
+
+def test_a_container_job_asking_for_gpus_is_refused_as_the_users_request():
+    from torque_docker import gpus
+    with pytest.raises(PolicyError, match=r"asks for 2 GPU\(s\)") as info:
+        gpus.refuse_requested({"nodes": "1:ppn=1:gpus=2"})
+    assert info.value.user_error
+    gpus.refuse_requested({"nodes": "1:ppn=2"})

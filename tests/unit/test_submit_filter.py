@@ -472,3 +472,8 @@ def test_a_ulimit_within_the_sites_bound_passes_qsub(site):
     site.config.write_text(site.config.read_text() + "[limits]\nuser_max = nofile=65536\n")
     rc, out, err = site.run(["-l", "other=image=debian:12;ulimit=nofile=65536"], b"echo\n")
     assert rc == 0, err
+
+
+def test_a_gpu_request_is_refused_at_qsub(site):
+    lines = refused(site, ["-l", "nodes=1:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
+    assert "asks for 1 GPU(s)" in lines[0] and "cannot give containers GPUs yet" in lines[0]
