@@ -18,6 +18,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
+from . import limits
 from .errors import ImageError, NodeFault, no_sshd
 
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
@@ -276,6 +277,13 @@ class Runtime:
             self.remove(spec.name)
             if "executable file not found" in text or "no such file or directory" in text:
                 raise no_sshd(spec.image, spec.command[0]) from None
+            if "error setting rlimit" in text:
+                # runc raises the container's limits from the daemon's: without CAP_SYS_RESOURCE
+                # (or above dockerd's own hard limits) the kernel refuses.
+                raise NodeFault(f"Docker could not give container {spec.name} its ulimits "
+                                f"({limits.show(spec.ulimits)}): {text}",
+                                "let dockerd raise them (docker.service: LimitMEMLOCK=infinity, LimitNOFILE=..., "
+                                "and CAP_SYS_RESOURCE), or lower [limits] ulimits / user_max") from None
             raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
         except DockerException as exc:
             raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None
