@@ -1854,6 +1854,9 @@ class Cluster:
         env["PBS_VNODENUM"] = str(vnode)
         env["PBS_NODENUM"] = str(0 if node == ctx.ms else ctx.sisters.index(node) + 1)
         env.pop("PBS_NP", None)
+        tmp = self.job_tmpdir(node, j.jobid)
+        if tmp is not None:
+            env["TMPDIR"] = str(tmp)      # InitUserEnv() on the task's node: its own $tmpdir
         if "SHELL" in j.variables:
             env["SHELL"] = str(j.variables["SHELL"])
         else:
