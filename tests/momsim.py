@@ -72,6 +72,7 @@ import os
 import pwd
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -748,6 +749,7 @@ class Cluster:
                  server: str = "simserver",
                  max_job_seconds: float = 600.0,
                  multi_mom: dict[str, int] | None = None,
+                 tmpdir: bool = False,
                  rewrite_interval: float = 0.02) -> None:
         if os.geteuid() != 0:
             raise PermissionError("the mom simulator must run as root (like pbs_mom)")
@@ -762,6 +764,9 @@ class Cluster:
         self._lock = threading.Lock()
         # pbs_mom -m: the node's files carry its port (pbs_rm_port) after the prefix.
         self.multi_mom = dict(multi_mom or {})
+        # mom_priv/config $tmpdir: each node's is <root>/tmpdir-<node> (1777: TMakeTmpDir
+        # creates the job's directory as the job's user).
+        self.tmpdir = tmpdir
         # How often a running job's .JB is rewritten (0: never).  NOT FAITHFUL (on
         # purpose): pbs_mom rewrites it on every change of the job (src/resmom/mom_comm.c,
         # requests.c, start_exec.c call job_save), far less often than this; and the
@@ -1073,9 +1078,31 @@ class Cluster:
                 for node in sorted(ctx.holding):
                     self._job_save(ctx, node, pause=0.002)
 
+    def job_tmpdir(self, node: str, jobid: str) -> Optional[Path]:
+        """TTmpDirName (src/resmom/start_exec.c): "$tmpdir/<jobid>" when mom has $tmpdir."""
+        return self.root / f"tmpdir-{node}" / jobid if self.tmpdir else None
+
+    def _make_tmpdir(self, ctx: _Ctx, node: str) -> None:
+        """TMakeTmpDir (src/resmom/start_exec.c): as the job's user, mkdirtree(dir, 0755);
+        on the MS in start_exec before the join, on a sister when it joins (mom_comm.c),
+        both before any prologue."""
+        path = self.job_tmpdir(node, ctx.job.jobid)
+        if path is None:
+            return
+        path.parent.mkdir(exist_ok=True)
+        os.chmod(path.parent, 0o1777)
+        path.mkdir(mode=0o755, exist_ok=True)
+        os.chown(path, ctx.pw.pw_uid, ctx.pw.pw_gid)
+        os.chmod(path, 0o755)
+
     def _purge(self, ctx: _Ctx, node: str) -> None:
-        """mom_job_purge (src/resmom/mom_job_func.c): nodefile, .SC, .TK, then the .JB.
-        Spool files are not touched here."""
+        """mom_job_purge (src/resmom/mom_job_func.c): nodefile, .SC, .TK, then the .JB;
+        the job's $tmpdir directory goes too (MOM_HAS_TMPDIR). Spool files are not touched here."""
+        path = self.job_tmpdir(node, ctx.job.jobid)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        if node == ctx.ms:
+            self.gpufile(ctx.job.jobid, node).unlink(missing_ok=True)   # mom_job_func.c: <jobid>gpu
         with ctx.files_lock:
             ctx.holding.discard(node)
             paths = [self.nodefile(node, ctx.job.jobid)] + [
@@ -1128,7 +1155,10 @@ class Cluster:
         # 2. Join: sisters run prologue.parallel then prologue.user.parallel.  They run
         #    concurrently (each sister mom blocks on its own), MS waits for all (facts:
         #    "Every sister's prologue.parallel has FINISHED before the MS prologue").
+        self._make_tmpdir(ctx, ms)
+
         def join(node: str) -> list[HookRun]:
+            self._make_tmpdir(ctx, node)
             out = []
             for hook in ("prologue.parallel", "prologue.user.parallel"):
                 r = self._run_pelog(ctx, node, hook, io="log")
@@ -1170,6 +1200,7 @@ class Cluster:
         else:
             # 3. MS: nodefile, spool files, prologue, prologue.user.
             self._write_nodefile(ctx)
+            self._write_gpufile(ctx)
             self._open_std_files(ctx)
             aborted_rc = None
             for hook in ("prologue", "prologue.user"):
@@ -1256,6 +1287,28 @@ class Cluster:
             futs = {n: ex.submit(fn, n) for n in sisters}
             return {n: f.result() for n, f in futs.items()}
 
+    def gpufile(self, jobid: str, ms: str) -> Path:
+        return self.pbs_home(ms) / "aux" / f"{jobid}gpu"
+
+    def job_gpus(self, ctx: _Ctx) -> list:
+        """The GPUs "the server chose": [(node, index)] in exec_host order.  NOT FAITHFUL:
+        the server picks free GPUs of each node; the simulator takes gpu0..gpuN-1 of every
+        node, listed from the highest index down (as the facts' example shows one node's)."""
+        per_chunk = []
+        for chunk in ctx.nodes_spec.split("+"):
+            fields = chunk.split(":")
+            gpus = next((int(f[5:]) for f in fields[1:] if f.startswith("gpus=") and f[5:].isdigit()), 0)
+            per_chunk += [gpus] * (int(fields[0]) if fields[0].isdigit() else 1)
+        return [(node, i) for (node, _), n in zip(ctx.job.nodes, per_chunk) for i in reversed(range(n))]
+
+    def _write_gpufile(self, ctx: _Ctx) -> None:
+        """Facts "GPUs and the job file": before the MS prologue, aux/<jobid>gpu holds one
+        line per GPU, host-gpuN (start_exec.c: write_attr_to_file(exec_gpus, "gpu"))."""
+        gpus = self.job_gpus(ctx)
+        if gpus:
+            self._write_root_file(self.gpufile(ctx.job.jobid, ctx.ms),
+                                  "".join(f"{node}-gpu{i}\n" for node, i in gpus), 0o644)
+
     def _write_nodefile(self, ctx: _Ctx) -> None:
         # Facts "The nodefile": one line per slot in exec_host order, root, 0644, written
         # before the MS prologue.  Note: real mom lets a user replace its contents with
@@ -1285,7 +1338,9 @@ class Cluster:
             env["PBS_CPUCLOCK"] = str(v["PBS_CPUCLOCK"])
         if "PBS_SCHED_HINT" in v:
             env["PBS_SCHED_HINT"] = str(v["PBS_SCHED_HINT"])
-        # NOT FAITHFUL (on purpose): no TMPDIR, the simulated moms have no $tmpdir.
+        tmp = self.job_tmpdir(node, ctx.job.jobid)
+        if tmp is not None:
+            env["TMPDIR"] = str(tmp)     # prolog.c setup_pelog_environment: TTmpDirName
         env["PBS_NODENUM"] = str(0 if node == ctx.ms else ctx.sisters.index(node) + 1)
         env["PBS_MSHOST"] = ctx.ms
         if node == ctx.ms and ctx.has_nodefile:
@@ -1485,7 +1540,7 @@ class Cluster:
     def _job_env(self, ctx: _Ctx) -> dict:
         """The batch job's environment (InitUserEnv, src/resmom/start_exec.c).
         NOT FAITHFUL (omitted): PBS_O_PATH/PBS_O_SHELL/PBS_O_LANG/... (qsub copies of
-        the submitter's environment), PBS_GPUFILE, PBS_MICFILE, PBS_VERSION, TMPDIR."""
+        the submitter's environment), PBS_MICFILE, PBS_VERSION."""
         j, pw = ctx.job, ctx.pw
         nn, ppn = torque_num_nodes_ppn(ctx.nodes_spec)
         env = {str(k): str(v) for k, v in j.variables.items()}   # qsub -v
@@ -1523,6 +1578,14 @@ class Cluster:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         if not interactive:
             env["ENVIRONMENT"] = "BATCH"              # setup_batch_job()
+        tmp = self.job_tmpdir(ctx.ms, j.jobid)
+        if tmp is not None:
+            env["TMPDIR"] = str(tmp)     # InitUserEnv: "setup TMPDIR"
+        gpus = self.job_gpus(ctx)
+        if gpus:
+            # InitUserEnv (start_exec.c): the gpu file and every node's indices, in its order.
+            env["PBS_GPUFILE"] = str(self.gpufile(j.jobid, ctx.ms))
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for _, i in gpus)
         if "walltime" in j.resources:
             env["PBS_WALLTIME"] = str(parse_walltime(str(j.resources["walltime"])))
         return env
@@ -1791,6 +1854,9 @@ class Cluster:
         env["PBS_VNODENUM"] = str(vnode)
         env["PBS_NODENUM"] = str(0 if node == ctx.ms else ctx.sisters.index(node) + 1)
         env.pop("PBS_NP", None)
+        tmp = self.job_tmpdir(node, j.jobid)
+        if tmp is not None:
+            env["TMPDIR"] = str(tmp)      # InitUserEnv() on the task's node: its own $tmpdir
         if "SHELL" in j.variables:
             env["SHELL"] = str(j.variables["SHELL"])
         else:

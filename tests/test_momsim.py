@@ -913,3 +913,48 @@ def test_qsub_takes_the_shell_from_S_command_line_first(sim):
                       placement=[("tdnode0", 1)], cwd=str(sim.wd))
     assert job.shell == "/bin/zsh@tdnode9,/bin/bash"
     assert "exe=/usr/bin/bash SHELL=/bin/bash" in sim.cluster.run(job).stdout
+
+
+def test_tmpdir_made_as_the_user_before_the_prologues_and_removed_with_the_job(make_sim):
+    """$tmpdir: TTmpDirName/TMakeTmpDir (start_exec.c, mom_comm.c), removed at purge."""
+    s = make_sim(tmpdir=True)
+    check = 'stat -c "%a %U" "$TMPDIR" > "$d/tmpdir"'
+    s.hook("tdnode0", "prologue", extra=check)
+    s.hook("tdnode1", "prologue.parallel", extra=check)
+    job = s.job([("tdnode0", 1), ("tdnode1", 1)], "#!/bin/bash\necho \"JOB $TMPDIR\"\n")
+    r = s.cluster.run(job)
+    assert r.exit_status == 0, r.stderr
+    for node, hook in (("tdnode0", "prologue"), ("tdnode1", "prologue.parallel")):
+        dump = s.dump(node, hook)
+        assert dump.env["TMPDIR"] == str(s.cluster.job_tmpdir(node, job.jobid))
+        assert dump.text("tmpdir") == f"755 {USER}"
+        assert not s.cluster.job_tmpdir(node, job.jobid).exists()
+    assert f"JOB {s.cluster.job_tmpdir('tdnode0', job.jobid)}" in r.stdout
+
+
+def test_no_tmpdir_unless_mom_has_one(sim):
+    sim.hook("tdnode0", "prologue")
+    r = sim.cluster.run(sim.job([("tdnode0", 1)]))
+    assert r.exit_status == 0 and "TMPDIR" not in sim.dump("tdnode0", "prologue").env
+    assert sim.cluster.job_tmpdir("tdnode0", "1.x") is None
+
+
+def test_gpu_job_gets_the_gpu_file_and_indices_as_torque_gives_them(sim):
+    """Facts "GPUs and the job file": aux/<jobid>gpu before the MS prologue, PBS_GPUFILE and
+    CUDA_VISIBLE_DEVICES (all nodes' indices, in order) in the job, gpus= in $5."""
+    sim.hook("tdnode0", "prologue", extra=f'cat "{sim.cluster.pbs_home("tdnode0")}/aux/$1gpu" > "$d/gpufile"')
+    job = sim.job([("tdnode0", 1), ("tdnode1", 1)], "#!/bin/bash\necho \"GPUS $PBS_GPUFILE $CUDA_VISIBLE_DEVICES\"\n",
+                  nodes_spec="tdnode0:ppn=1:gpus=1+tdnode1:ppn=1:gpus=2")
+    r = sim.cluster.run(job)
+    assert r.exit_status == 0, r.stderr
+    assert sim.dump("tdnode0", "prologue").text("gpufile").split() == ["tdnode0-gpu0", "tdnode1-gpu1", "tdnode1-gpu0"]
+    assert "nodes=tdnode0:ppn=1:gpus=1+tdnode1:ppn=1:gpus=2" in sim.dump("tdnode0", "prologue").argv[5]
+    assert f"GPUS {sim.cluster.gpufile(job.jobid, 'tdnode0')} 0,1,0" in r.stdout
+    assert not sim.cluster.gpufile(job.jobid, "tdnode0").exists()
+
+
+def test_no_gpu_file_without_gpus(sim):
+    sim.hook("tdnode0", "prologue", extra=f'ls "{sim.cluster.pbs_home("tdnode0")}/aux/" > "$d/aux"')
+    job = sim.job([("tdnode0", 1)], "#!/bin/bash\necho \"GPUS [$PBS_GPUFILE] [$CUDA_VISIBLE_DEVICES]\"\n")
+    r = sim.cluster.run(job)
+    assert "GPUS [] []" in r.stdout and "gpu" not in sim.dump("tdnode0", "prologue").text("aux")

@@ -292,6 +292,23 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         return None
     check("seccomp profile", seccomp_profile)
 
+    def fabric() -> Optional[str]:
+        """The devices, ulimits and GPU method containers get here: FAIL when a device the
+        site lists is missing (jobs would be requeued off this node)."""
+        from . import devices, limits
+        assert cfg is not None
+        rdma = devices.is_rdma(cfg.devices_paths)
+        notes.append(f"limits: containers get {limits.show(limits.site_ulimits(cfg.limits_ulimits, rdma))}; "
+                     f"jobs may ask up to {limits.show(cfg.limits_user_max) if cfg.limits_user_max else 'those'}")
+        if not cfg.devices_paths:
+            notes.append("devices: none ([devices] paths is empty)")
+            return None
+        found = devices.resolve(cfg.devices_paths)
+        notes.append(f"devices: {len(found)} node(s): " + " ".join(inside for _, inside in found[:16])
+                     + (" ..." if len(found) > 16 else ""))
+        return None
+    check("devices and limits", fabric)
+
     def ssh_include() -> Optional[str]:
         assert cfg is not None
         dropin = Path(cfg.ssh_dropin)

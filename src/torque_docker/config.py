@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from . import devices, limits
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/torque-docker/torque-docker.conf"
@@ -123,34 +124,13 @@ def _size(value: str) -> str:
     return value.lower()
 
 
-ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
-                "rss", "rtprio", "rttime", "sigpending", "stack")
-
-
 def _ulimits(value: str) -> Tuple[Tuple[str, int, int], ...]:
     """``name=soft[:hard]`` words (Docker's --ulimit form); -1 or unlimited for no limit."""
-    out: List[Tuple[str, int, int]] = []
-    for word in _words(value):
-        name, sep, limits = word.partition("=")
-        if not sep or name not in ULIMIT_NAMES:
-            raise ValueError(f"{word!r} must be NAME=SOFT[:HARD] with NAME one of {', '.join(ULIMIT_NAMES)}")
-        numbers = []
-        for part in limits.split(":"):
-            if part in ("unlimited", "-1"):
-                numbers.append(-1)
-            elif part.isdigit():
-                numbers.append(int(part))
-            else:
-                raise ValueError(f"{word!r}: {part!r} is not a number or 'unlimited'")
-        if len(numbers) not in (1, 2):
-            raise ValueError(f"{word!r} must be NAME=SOFT[:HARD]")
-        soft, hard = numbers[0], numbers[-1]
-        if hard != -1 and (soft == -1 or soft > hard):
-            raise ValueError(f"{word!r}: the soft limit is above the hard one")
-        if any(n == name for n, _, _ in out):
-            raise ValueError(f"{name} is given twice")
-        out.append((name, soft, hard))
-    return tuple(out)
+    return limits.parse(value)
+
+
+def _devices(value: str) -> Tuple[Tuple[str, str], ...]:
+    return devices.parse(value)
 
 
 def _log(value: str) -> str:
@@ -191,10 +171,12 @@ OPTIONS: List[Option] = [
     Option("jobs", "sweep_grace", _seconds, "600", "the prologue's sweep leaves anything younger alone (seconds)"),
     Option("jobs", "max_attempts", _int_range(1, 100), "3", "node-fault requeues of one job on a node before it is aborted"),
     Option("jobs", "pids_limit", _int_range(0, 4194304), "8192", "most processes and threads in one container (0: no limit; a fork bomb stops here)"),
-    Option("jobs", "ulimits", _ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's)"),
     Option("jobs", "tmp_size", _size, "1g", "size of the tmpfs at /tmp, and at every VOLUME the image declares, in each container"),
     Option("jobs", "read_only_root", _bool, "no", "the image's file system is read-only in containers (only /tmp, /dev/shm, the job's files and mounts are writable)"),
     Option("jobs", "files_size", _size, "16m", "size of the per-job tmpfs that holds the job's keys and SSH files (/run/torque-docker in containers)"),
+    Option("devices", "paths", _devices, "", "device nodes every container gets, HOST[:CONTAINER] (e.g. /dev/infiniband /dev/kfd; a directory: the device nodes below it)"),
+    Option("limits", "ulimits", _ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's; memlock is unlimited when [devices] passes RDMA devices and this sets none)"),
+    Option("limits", "user_max", _ulimits, "", "highest ulimits a job may ask for with ulimit=NAME=SOFT[:HARD] (a name not here: at most the site's own value)"),
     Option("images", "allowed", _words, "*", "image patterns users may ask for (fnmatch on the full reference)"),
     Option("images", "aliases", _aliases, "", "short names for images, one 'name = reference' per line"),
     Option("images", "pull", _choice("missing", "never", "always"), "missing", "when to pull"),
@@ -212,6 +194,9 @@ OPTIONS: List[Option] = [
 ]
 
 _BY_NAME = {(o.section, o.key): o for o in OPTIONS}
+
+#: Keys that moved: naming the old one is an error that names the new one.
+MOVED = {("jobs", "ulimits"): ("limits", "ulimits")}
 
 
 @dataclass(frozen=True)
@@ -308,6 +293,10 @@ def parse_text(text: str, path: str = "<string>") -> Config:
             raise ConfigError(f"{path}:{lineno}: {key!r} is outside any section",
                               "put it under its [section]")
         option = _BY_NAME.get((section, key))
+        if option is None and (section, key) in MOVED:
+            new_section, new_key = MOVED[(section, key)]
+            raise ConfigError(f"{path}:{lineno}: [{section}] {key} has moved to [{new_section}] {new_key}",
+                              f"write it as '{new_key} = ...' under [{new_section}] (same form)")
         if option is None:
             valid = ", ".join(o.key for o in OPTIONS if o.section == section)
             raise ConfigError(f"{path}:{lineno}: unknown key {key!r} in [{section}]",

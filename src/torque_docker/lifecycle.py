@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import hostpath, keys, plan, policy, probe, render, resources, seccomp
+from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
 from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
@@ -76,6 +76,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     model = request.model or cfg.jobs_default_model
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
     extra_mounts = policy.check_mounts(request.mounts, cfg)
+    ulimits = policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
+    gpus.refuse_requested(parse_resource_list(ctx.resource_list))
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
@@ -102,6 +104,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
         num_nodes = int(ctx.environ.get("PBS_NUM_NODES", "1") or "1")
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
+    passed = devices.resolve(cfg.devices_paths)     # the node's fault when the site's devices are missing
     timer.step("plan")
 
     state = NodeState(cfg.paths_state_dir)
@@ -119,7 +122,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
 
     address = cfg.listen_address()
     binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid),
-                      forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg))
+                      forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg),
+                      tmpdir=torque_tmpdir(ctx))
     setup = Setup(ctx.jobid)
     try:
         tmpfs = container_tmpfs(volumes, binds, cfg.jobs_tmp_size, shown)
@@ -135,7 +139,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         if cores is None and slots_here:
             cores = state.allocate_cores(ctx.jobid, slots_here, resources.node_cpus())
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
-                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs)
+                                 cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs,
+                                 ulimits=ulimits, devices=passed)
         started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, staged,
                                    secrets_.token, limits, image_id)
         setup.containers = started
@@ -354,8 +359,24 @@ def _pin_dir(path: str, missing: TorqueDockerError) -> hostpath.Pinned:
         raise RequestError(f"{path} cannot be opened ({exc.strerror})", "give a directory you can read") from None
 
 
+def torque_tmpdir(ctx: HookContext) -> str:
+    """The job's own directory under mom's ``$tmpdir``, when mom has one.
+
+    mom makes ``$tmpdir/<jobid>`` as the job's user and puts it in ``TMPDIR`` of the
+    prologues and of the job, before any prologue, on every node (src/resmom/start_exec.c:
+    TTmpDirName, TMakeTmpDir; src/resmom/mom_comm.c for a sister's join), and removes it
+    with the job (src/resmom/mom_job_func.c). The containers see it at the same path, so
+    the job's ``$TMPDIR`` works inside; ``/tmp`` stays the site's sized tmpfs. The prologue's
+    environment is mom's, not the job's, and only a path named after the job is taken."""
+    value = ctx.environ.get("TMPDIR", "") if ctx.environ else ""
+    if value.startswith("/") and ".." not in value.split("/") and os.path.basename(value.rstrip("/")) == ctx.jobid:
+        return "/" + os.path.normpath(value).lstrip("/")
+    return ""
+
+
 def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path,
-              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES, site: Sequence[Mount] = ()) -> List[Bind]:
+              forbidden: Sequence[str] = policy.FORBIDDEN_SOURCES, site: Sequence[Mount] = (),
+              tmpdir: str = "") -> List[Bind]:
     """Host paths the containers see: the job's files, the user's home and working directory,
     the mounts the job asked for (``extra``, checked by policy.check_mounts) and the site's
     ``[mounts] default`` (``site``: a problem with those is the admin's, a ConfigError).
@@ -392,6 +413,12 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
                                     "ask for a directory you can read")))
+    if tmpdir and tmpdir not in own_dirs:
+        if tmpdir in {m.target for m in extra} | {m.target for m in site}:
+            raise RequestError(f"mount target {tmpdir} is the job's $TMPDIR", "mount it somewhere else, e.g. under /data")
+        wanted.append((os.path.realpath(tmpdir), tmpdir, False,
+                       NodeFault(f"Torque's $tmpdir directory {tmpdir} for this job is missing or not reachable by "
+                                 f"{user.name}", "check $tmpdir in mom_priv/config on this node")))
     for mount in site:
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        ConfigError(f"[mounts] default {mount} is not a directory {user.name} can read on this node",
@@ -505,6 +532,8 @@ class ContainerLimits:
     model: str = "node"
     cgroup_parent: Optional[str] = None
     tmpfs: Tuple[Tuple[str, str], ...] = ()   # (path, size): /tmp and the image's VOLUMEs
+    ulimits: Tuple[Tuple[str, int, int], ...] = ()   # (name, soft, hard): policy.container_ulimits
+    devices: Tuple[Tuple[str, str], ...] = ()        # (host, container) device nodes: devices.resolve
 
     def cpuset(self, slot: int) -> Optional[str]:
         if not self.cores:
@@ -562,7 +591,8 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 mem_limit=str(limits.mem_limit) if limits.mem_limit else None,
                 ipc_mode=ipc_mode(container),
                 cgroup_parent=limits.cgroup_parent,
-                pids_limit=cfg.jobs_pids_limit or None, ulimits=cfg.jobs_ulimits, tmpfs=limits.tmpfs,
+                pids_limit=cfg.jobs_pids_limit or None, ulimits=limits.ulimits, tmpfs=limits.tmpfs,
+                devices=limits.devices,
                 read_only=cfg.jobs_read_only_root,
                 seccomp=seccomp.profile_text(cfg),
             )

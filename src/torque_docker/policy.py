@@ -129,3 +129,12 @@ def check_workdir(workdir: str, forbidden: Sequence[str] = FORBIDDEN_SOURCES) ->
 
 def default_mounts(cfg: Config) -> List[Mount]:
     return [parse_mount(text) for text in cfg.mounts_default]
+
+
+def container_ulimits(requested: Sequence[Tuple[str, int, int]], cfg: Config,
+                      rdma: bool) -> Tuple[Tuple[str, int, int], ...]:
+    """The containers' ulimits: the site's ([limits] ulimits, memlock unlimited with RDMA
+    devices), with the job's ``ulimit=`` requests bounded by [limits] user_max."""
+    from . import limits
+    site = limits.site_ulimits(cfg.limits_ulimits, rdma)
+    return limits.merged(site, limits.bounded(requested, site, cfg.limits_user_max))

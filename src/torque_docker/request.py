@@ -13,10 +13,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from . import limits
 from .errors import NotOurs, RequestError
 
-VALID_KEYS = ("image", "model", "run", "mount")
-FORM = "-l other=image=NAME[:TAG][;model=node|process][;run=container|host][;mount=SRC[:DST][:ro]]"
+VALID_KEYS = ("image", "model", "run", "mount", "ulimit")
+FORM = "-l other=image=NAME[:TAG][;model=node|process][;run=container|host][;mount=SRC[:DST][:ro]][;ulimit=NAME=SOFT[:HARD]]"
 
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@algo:hex].
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -48,6 +49,7 @@ class JobRequest:
     model: Optional[str] = None   # None: the site default
     run: Optional[str] = None     # None: the site default
     mounts: Tuple[Mount, ...] = field(default_factory=tuple)
+    ulimits: Tuple[Tuple[str, int, int], ...] = field(default_factory=tuple)   # bounded by policy, not here
 
 
 def is_reference(text: str) -> bool:
@@ -85,6 +87,7 @@ def parse_other(other: str) -> JobRequest:
 
     seen: Dict[str, str] = {}
     mounts: List[Mount] = []
+    ulimit_words: List[str] = []
     for key, value in pairs:
         if key not in VALID_KEYS:
             raise RequestError(f"unknown key {key!r} in -l other={other}",
@@ -93,6 +96,9 @@ def parse_other(other: str) -> JobRequest:
             raise RequestError(f"{key!r} has no value in -l other={other}", f"write {key}=VALUE; the form is {FORM}")
         if key == "mount":
             mounts.append(parse_mount(value))
+            continue
+        if key == "ulimit":
+            ulimit_words.append(value)
             continue
         if key in seen:
             raise RequestError(f"{key!r} is given twice in -l other={other}", "give it once")
@@ -111,7 +117,8 @@ def parse_other(other: str) -> JobRequest:
     run = seen.get("run")
     if run not in (None, "container", "host"):
         raise RequestError(f"run={run} is not known", "use run=container (script in the container) or run=host")
-    return JobRequest(image=image, model=model, run=run, mounts=tuple(mounts))
+    return JobRequest(image=image, model=model, run=run, mounts=tuple(mounts),
+                      ulimits=limits.parse_request(ulimit_words))
 
 
 def parse_mount(text: str) -> Mount:

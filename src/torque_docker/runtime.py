@@ -18,6 +18,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
+from . import limits
 from .errors import ImageError, NodeFault, no_sshd
 
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
@@ -46,6 +47,7 @@ class ContainerSpec:
     tmpfs: Tuple[Tuple[str, str], ...] = ()            # (container path, size): /tmp, the image's VOLUMEs
     read_only: bool = False                            # the image's file system
     seccomp: str = ""                       # a profile's text (Docker takes the text, not a path); "": Docker's default
+    devices: Tuple[Tuple[str, str], ...] = ()          # (host node, container path): [devices] paths
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,8 @@ class Runtime:
             kwargs["tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size},mode=1777" for path, size in spec.tmpfs}
         if spec.read_only:
             kwargs["read_only"] = True
+        if spec.devices:
+            kwargs["devices"] = [f"{host}:{inside}:rwm" for host, inside in spec.devices]
         try:
             return self.client.containers.run(**kwargs).id
         except ImageNotFound:
@@ -273,6 +277,13 @@ class Runtime:
             self.remove(spec.name)
             if "executable file not found" in text or "no such file or directory" in text:
                 raise no_sshd(spec.image, spec.command[0]) from None
+            if "error setting rlimit" in text:
+                # runc raises the container's limits from the daemon's: without CAP_SYS_RESOURCE
+                # (or above dockerd's own hard limits) the kernel refuses.
+                raise NodeFault(f"Docker could not give container {spec.name} its ulimits "
+                                f"({limits.show(spec.ulimits)}): {text}",
+                                "let dockerd raise them (docker.service: LimitMEMLOCK=infinity, LimitNOFILE=..., "
+                                "and CAP_SYS_RESOURCE), or lower [limits] ulimits / user_max") from None
             raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
         except DockerException as exc:
             raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None

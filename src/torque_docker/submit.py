@@ -150,7 +150,7 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
 
     The site's policy ([images], [mounts]) applies only where the site's config file is
     on the submit host: the defaults would refuse mounts the nodes allow."""
-    from . import policy, resources
+    from . import gpus, policy, resources
     from .request import parse_other
     from .torque import parse_nodes_spec
 
@@ -162,6 +162,8 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
     if site:
         choice = policy.resolve_image(request.image, cfg)
         mounts = policy.check_mounts(request.mounts, cfg)
+        from . import devices
+        policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
         for mount in mounts:
             if not (os.path.isdir(mount.source) and os.access(mount.source, os.R_OK | os.X_OK)):
                 raise RequestError(f"mount source {mount.source} is not a directory you can read",
@@ -174,6 +176,7 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
                                "submit from a directory you can read")
     model = request.model or cfg.jobs_default_model
     asked = verdict.resources
+    gpus.refuse_requested(asked)
     if asked.get("mem") or asked.get("pmem"):
         per_node = _slots_per_node(asked, parse_nodes_spec)
         smallest = min(resources.memory_limit(asked, model, slots, len(per_node)) or DOCKER_MIN_MEMORY

@@ -132,7 +132,7 @@ class Site:
     """One simulated cluster with torque-docker installed on every node."""
 
     def __init__(self, root: Path, nodes: List[str], prologalarm: int, job_starter: bool,
-                 extra_config: str = "", multi_mom: Optional[Dict[str, int]] = None) -> None:
+                 extra_config: str = "", multi_mom: Optional[Dict[str, int]] = None, tmpdir: bool = False) -> None:
         self.root = root
         self.nodes = nodes
         self.secret = root / "secret"
@@ -149,7 +149,7 @@ class Site:
         self.cluster = momsim.Cluster(root / "cluster", nodes, prologalarm=prologalarm, server=self.server,
                                       pbs_environment_extra={n: {config.ENV_VAR: str(self.configs[n])}
                                                              for n in nodes},
-                                      multi_mom=multi_mom)
+                                      multi_mom=multi_mom, tmpdir=tmpdir)
         for node in nodes:
             admin.install(str(self.cluster.pbs_home(node) / "mom_priv"), python=checkout_python(root),
                           job_starter=job_starter, dropin=True, cfg=self.config(node),
@@ -231,10 +231,10 @@ def make_site(docker_client, images) -> Iterator:
     made: List[Site] = []
 
     def factory(nodes: int = 2, prologalarm: int = 120, job_starter: bool = True, extra_config: str = "",
-                multi_mom: Optional[Dict[str, int]] = None) -> Site:
+                multi_mom: Optional[Dict[str, int]] = None, tmpdir: bool = False) -> Site:
         root = Path(tempfile.mkdtemp(prefix="td-it-", dir="/var/tmp"))
         os.chmod(root, 0o755)
-        site = Site(root, NODES[:nodes], prologalarm, job_starter, extra_config, multi_mom)
+        site = Site(root, NODES[:nodes], prologalarm, job_starter, extra_config, multi_mom, tmpdir)
         made.append(site)
         return site
 

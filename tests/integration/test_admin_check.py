@@ -214,6 +214,11 @@ def _seccomp_unconfined(site):
     _profile(site, edit=lambda p: dict(p, defaultAction="SCMP_ACT_ALLOW"))
 
 
+def _device_missing(site):
+    site.configs[NODE].write_text(site.configs[NODE].read_text()
+                                  + "[devices]\npaths = /nonexistent/infiniband:/dev/infiniband\n")
+
+
 # (case, break the node, the failing check's name, words its reason must hold)
 CASES: List[Tuple[str, Callable, str, str]] = [
     ("hook group-writable", _hook_mode, "hook ", "mode 775 is group/other writable; pbs_mom refuses it"),
@@ -244,6 +249,7 @@ CASES: List[Tuple[str, Callable, str, str]] = [
     ("[check] image", _image_from_config, "image ", NOSSHD_IMAGE),
     ("seccomp profile writable", _seccomp_writable, "seccomp profile", "writable by root only"),
     ("seccomp profile unconfined", _seccomp_unconfined, "seccomp profile", "no confinement"),
+    ("device missing", _device_missing, "devices and limits", "device /nonexistent/infiniband ([devices] paths) is missing"),
 ]
 
 

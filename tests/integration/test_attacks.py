@@ -456,7 +456,7 @@ echo END
 
 
 def test_a_job_cannot_exhaust_the_nodes_processes_memory_or_disk(make_site, docker_client, volume_image):
-    site = make_site(nodes=1, extra_config="[jobs]\npids_limit = 64\nulimits = nofile=512:1024\ntmp_size = 8m\n"
+    site = make_site(nodes=1, extra_config="[limits]\nulimits = nofile=512:1024\n[jobs]\npids_limit = 64\ntmp_size = 8m\n"
                                            "files_size = 2m\nread_only_root = yes\n")
     job = site.job(BOUNDS_SCRIPT, [("tdnode0", 1)], other=f"image={volume_image}")
     result = site.cluster.run(job)

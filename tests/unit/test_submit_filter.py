@@ -458,3 +458,22 @@ def test_a_line_longer_than_qsubs_buffer_is_never_split(site):
     assert rc == 0, err
     assert out == b"#!/bin/sh\n#PBS -l image=debian:12\n#PBS -l other=image=debian:12\n" + long_comment + b"echo\n"
     assert qsub_sees([], out)["other"] == "image=debian:12"
+
+
+def test_a_ulimit_above_the_sites_bound_is_refused_at_qsub(site):
+    site.config.write_text(site.config.read_text() + "[limits]\nulimits = nofile=1024:4096\nuser_max = nofile=65536\n")
+    lines = refused(site, ["-l", "other=image=debian:12;ulimit=nofile=131072"], b"echo\n")
+    assert "ulimit nofile 131072 is above this site's bound of 65536" in lines[0]
+    lines = refused(site, ["-l", "other=image=debian:12;ulimit=stack=unlimited"], b"echo\n")
+    assert "not something this site lets a job set" in lines[0]
+
+
+def test_a_ulimit_within_the_sites_bound_passes_qsub(site):
+    site.config.write_text(site.config.read_text() + "[limits]\nuser_max = nofile=65536\n")
+    rc, out, err = site.run(["-l", "other=image=debian:12;ulimit=nofile=65536"], b"echo\n")
+    assert rc == 0, err
+
+
+def test_a_gpu_request_is_refused_at_qsub(site):
+    lines = refused(site, ["-l", "nodes=1:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
+    assert "asks for 1 GPU(s)" in lines[0] and "cannot give containers GPUs yet" in lines[0]
