@@ -146,8 +146,9 @@ def bind_pinned(pinned: Pinned, target: Path) -> None:
 
 
 def mount_tmpfs(target: Path, size: str, mode: int) -> None:
-    """A root-owned tmpfs of at most ``size`` on target; nothing on it can be executed."""
-    _mount("tmpfs", str(target), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={size},mode={mode:o},uid=0,gid=0")
+    """A root-owned tmpfs of at most ``size`` on target, without setuid or devices. Not
+    noexec: the job's script on it is run as a command, as pbs_mom runs it."""
+    _mount("tmpfs", str(target), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode:o},uid=0,gid=0")
 
 
 def unmount(path: Path, limit: int = 16) -> int:
