@@ -30,7 +30,7 @@ from typing import List, Optional, Sequence
 
 from .errors import NodeFault, RequestError
 
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 0x2, 0x4, 0x8, 0x1000, 0x4000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 0x2, 0x4, 0x1000, 0x4000
 MNT_DETACH, UMOUNT_NOFOLLOW = 0x2, 0x8
 
 _libc = None
