@@ -30,7 +30,7 @@ from typing import List, Optional, Sequence
 
 from .errors import NodeFault, RequestError
 
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 0x2, 0x4, 0x8, 0x1000, 0x4000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 0x2, 0x4, 0x1000, 0x4000
 MNT_DETACH, UMOUNT_NOFOLLOW = 0x2, 0x8
 
 _libc = None
@@ -146,9 +146,8 @@ def bind_pinned(pinned: Pinned, target: Path) -> None:
 
 
 def mount_tmpfs(target: Path, size: str, mode: int) -> None:
-    """A root-owned tmpfs of at most ``size`` on target, nosuid and nodev. Not noexec: the job
-    starter's copy of the batch script is run from it, as pbs_mom's shell runs the job's .SC
-    file (the user could run the same bytes from their home anyway)."""
+    """A root-owned tmpfs of at most ``size`` on target, without setuid or devices. Not
+    noexec: the job's script on it is run as a command, as pbs_mom runs it."""
     _mount("tmpfs", str(target), "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode:o},uid=0,gid=0")
 
 
