@@ -78,10 +78,11 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     extra_mounts = policy.check_mounts(request.mounts, cfg)
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
-    secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
+    identity = keys.JobIdentity.of(ctx)          # job ids repeat: bind the keys to who runs it
+    secrets_ = keys.JobSecrets.derive(secret, identity)
 
     def ports(node_index: int, slot: int) -> List[int]:
-        return keys.candidate_ports(secret, ctx.jobid, node_index, slot, cfg.network_port_range,
+        return keys.candidate_ports(secret, identity, node_index, slot, cfg.network_port_range,
                                     cfg.network_port_candidates)
 
     requested = parse_resource_list(ctx.resource_list)
