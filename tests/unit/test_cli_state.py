@@ -162,3 +162,90 @@ def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path,
     assert "ListenAddress=127.0.0.1:41001" in runtime.started[0].command[-1]
     assert "ListenAddress=127.0.0.1:41002" in runtime.started[1].command[-1]
     assert list(state.reserved_ports()) == ["127.0.0.1:41002"]
+
+
+# ----------------------------------------------------------------------------- locks
+def lock_files(state: NodeState):
+    """Take every kind of lock the node uses once: ports, cores, attempts, an image."""
+    state.ensure()
+    state.reserve_port("1.s", "127.0.0.1", [0])
+    state.allocate_cores("1.s", 1, [0])
+    state.count_attempt("1.s")
+    with state.image_lock("lab/x:1", timeout=1):
+        pass
+    return sorted(p for p in state.root.rglob("*") if p.name.endswith(".lock"))
+
+
+def test_every_lock_is_a_0600_file_in_a_0700_directory_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)          # what stage, gc, the timer and a sister may run under
+    try:
+        locks = lock_files(NodeState(str(tmp_path / "state")))
+    finally:
+        os.umask(old)
+    assert {p.parent for p in locks} == {tmp_path / "state" / "locks"}
+    assert len(locks) == 2                                   # node.lock and the image's
+    assert (tmp_path / "state" / "locks").stat().st_mode & 0o777 == 0o700
+    for path in locks:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+        assert path.stat().st_uid == os.geteuid()
+
+
+def test_a_lock_file_left_world_readable_is_taken_back(tmp_path):
+    state = NodeState(str(tmp_path / "state"))
+    locks = tmp_path / "state" / "locks"
+    locks.mkdir(parents=True, mode=0o755)
+    (locks / "node.lock").write_text("")
+    os.chmod(locks / "node.lock", 0o644)
+    state.count_attempt("1.s")
+    assert (locks / "node.lock").stat().st_mode & 0o777 == 0o600
+    assert locks.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_symlinked_lock_is_refused(tmp_path):
+    from torque_docker.state import NodeLock
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (tmp_path / "x.lock").symlink_to(target)
+    with pytest.raises(OSError):
+        NodeLock(tmp_path / "x.lock", timeout=0.1).acquire()
+
+
+def test_a_held_lock_times_out_and_is_reentrant(tmp_path):
+    from filelock import Timeout
+    from torque_docker.state import NodeLock
+    held = NodeLock(tmp_path / "x.lock", timeout=0.1)
+    with held:
+        with held:                                           # the same object: re-entrant
+            assert held.is_locked
+        assert held.is_locked
+        with pytest.raises(Timeout):                         # another open file: excluded
+            NodeLock(tmp_path / "x.lock", timeout=0.2).acquire()
+    assert not held.is_locked
+    with NodeLock(tmp_path / "x.lock", timeout=0.1):
+        pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_cannot_open_any_lock():
+    """flock needs only an open descriptor: a user who can open a lock file can hold it."""
+    import shutil
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="td-locks-", dir="/var/tmp"))   # reachable by nobody, like /var/lib
+    os.chmod(top, 0o755)
+    root = top / "state"
+    try:
+        lock_files(NodeState(str(root)))
+        assert root.stat().st_mode & 0o777 == 0o755                     # the state root itself is open
+        held = _held_by_nobody(root)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    assert held == "[]"
+
+
+def _held_by_nobody(root: Path) -> str:
+    probe = ("import fcntl,os,sys\nheld=[]\nfor d,_,fs in os.walk(sys.argv[1]):\n"
+             "    for f in fs:\n        p=os.path.join(d,f)\n        try:\n"
+             "            fd=os.open(p,os.O_RDONLY); fcntl.flock(fd,fcntl.LOCK_EX|fcntl.LOCK_NB); held.append(p)\n"
+             "        except OSError: pass\nprint(held)\n")
+    return subprocess.run([sys.executable, "-c", probe, str(root)], user=65534, group=65534, extra_groups=[],
+                          capture_output=True, text=True, check=True).stdout.strip()
