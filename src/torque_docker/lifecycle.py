@@ -21,7 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import hostpath, keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
-from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
+from .errors import (ConfigError, ContainerFault, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError,
+                     no_sshd, sshd_exited)
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
 from .log import Log
 from .request import JobRequest, Mount, is_reference, parse_resource_list, request_from_resource_list
@@ -92,6 +93,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         local = nodes[0]
         slots_here: Optional[int] = len(local.containers[0].nodefile_slots) if model == "node" else len(local.containers)
         num_nodes = len(nodes)
+        for node in nodes[1:]:   # a limit Docker refuses on a sister: the user hears it from here
+            resources.memory_limit(requested, model, sum(len(c.nodefile_slots) for c in node.containers), num_nodes)
     else:
         try:
             slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.environ)
@@ -408,7 +411,10 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
             if problem and target != user.home:
                 raise PolicyError(f"{source} {problem}", "mount a data directory of your own instead")
         ok = reachable_dirs(user, pins)
-        for (source, target, read_only, missing), pinned, reachable in zip(wanted, pins, ok):
+        for n, ((source, target, read_only, missing), pinned, reachable) in enumerate(zip(wanted, pins, ok)):
+            if not reachable and n == 0:    # the home is there, but closed to its owner: the user's doing
+                raise RequestError(f"your home directory {user.home} cannot be read by you ({user.name})",
+                                   "let yourself in again: chmod u+rx ~")
             if not reachable:
                 raise missing
             binds.append(Bind(source, target, read_only, pinned))
@@ -584,7 +590,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                                      user_error=True)
                 return {"id": ident, "name": container.name, "alias": container.alias, "port": port,
                         "slot": container.slot, "address": address}
-            except NodeFault as exc:
+            except ContainerFault as exc:
                 logs = runtime.logs(ident)
                 runtime.remove(ident)
                 state.release_ports(ctx.jobid, [f"{address}:{port}"])
@@ -593,7 +599,9 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                     continue   # somebody took the port between our check and sshd's bind
                 if f"exec {cfg.ssh_sshd_path} failed" in logs or "executable file not found" in logs:
                     raise no_sshd(image, cfg.ssh_sshd_path) from None
-                raise NodeFault(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
+                if isinstance(exc, probe.SshdExited) and not busy:
+                    raise sshd_exited(image, cfg.ssh_sshd_path, logs) from None
+                raise type(exc)(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
 
     results: List[Dict[str, object]] = [one(first)]     # the others join its IPC namespace
     containers = list(local.containers[1:])
@@ -720,8 +728,11 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
         missing = sorted(set(targets) - set(found))
         if missing:
             hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})
-            raise NodeFault(f"no container of this job answers on {', '.join(hosts)}",
-                            "see the torque-docker log on that node (its prologue.parallel failed to start it)")
+            # A sister leaves what the job may have caused to this node (its exit would have
+            # taken the node down): the cause is in that node's admin log.
+            raise ContainerFault(f"the job's container on {', '.join(hosts)} did not start "
+                                 f"(its torque-docker log says why)",
+                                 "if it happens again, ask the admin to look at that node's torque-docker log")
         # Every node must run exactly the MS's image: the sisters announce theirs in the banner.
         mine = image_tag(image_id)
         for alias, (port, theirs) in found.items():

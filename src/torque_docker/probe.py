@@ -12,7 +12,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from .errors import NodeFault
+from .errors import ContainerFault
+
+
+class SshdExited(ContainerFault):
+    """The container (its sshd) ended before it answered."""
+
+
+class SshdSilent(ContainerFault):
+    """The container runs, but its sshd did not answer in time."""
 
 
 def read_banner(address: str, port: int, timeout: float = 1.0) -> Optional[str]:
@@ -57,10 +65,10 @@ def wait_for_sshd(address: str, port: int, token: str, deadline: float,
         if banner_matches(read_banner(address, port, timeout=1.0), token):
             return
         if not still_running():
-            raise NodeFault(f"sshd in the container exited before answering on {address}:{port}")
+            raise SshdExited(f"sshd in the container exited before answering on {address}:{port}")
         if time.monotonic() >= deadline:
-            raise NodeFault(f"sshd did not answer on {address}:{port} in time",
-                            "the node may be overloaded; raise [ssh] ready_timeout")
+            raise SshdSilent(f"sshd did not answer on {address}:{port} in time",
+                             "the node may be overloaded, or the image's sshd hangs; raise [ssh] ready_timeout")
         time.sleep(interval)
         interval = min(interval * 1.5, 0.25)
 

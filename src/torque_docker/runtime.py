@@ -18,11 +18,14 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
-from .errors import ImageError, NodeFault, no_sshd
+from .errors import ContainerFault, ImageError, NodeFault, no_sshd
 
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
 L_JOB, L_HOST, L_NODE, L_SLOT = f"{LABEL}.job", f"{LABEL}.host", f"{LABEL}.node-index", f"{LABEL}.slot"
 L_ALIAS, L_USER, L_PORT = f"{LABEL}.alias", f"{LABEL}.user", f"{LABEL}.port"
+#: Words of a Docker error that say the node itself is short of something or broken.
+NODE_TROUBLE = ("no space left on device", "read-only file system", "input/output error", "too many open files",
+                "disk quota exceeded", "connection refused", "cannot connect to the docker daemon")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # Docker's own default
 
 
@@ -123,8 +126,16 @@ class Runtime:
                              user_error=False)
         if "error" in result:
             exc = result["error"]
-            user = isinstance(exc, (ImageNotFound, NotFound)) or "not found" in str(exc).lower() \
-                or "denied" in str(exc).lower()
+            text = str(exc).lower()
+            if "no such host" in text:       # the name's registry part does not resolve: the name is wrong
+                raise ImageError(f"image {reference} cannot be pulled: its registry does not resolve ({_short(exc)})",
+                                 "check the image name (its part before the first '/' is the registry "
+                                 "when it holds a dot or a port), or ask the admin to stage it") from None
+            # The name is wrong, or the user may not have it: the user's to fix. Anything else
+            # (registry down, a timeout) is nobody's proven fault: requeued, never a node down.
+            user = isinstance(exc, (ImageNotFound, NotFound)) or any(
+                word in text for word in ("not found", "denied", "unauthorized", "manifest unknown",
+                                          "does not exist", "invalid reference format"))
             raise ImageError(f"image {reference} is not on this node and cannot be pulled ({_short(exc)})",
                              "check the name and tag, or ask the admin to stage it", user_error=user) from None
         return self.image_id(reference) or ""
@@ -273,7 +284,12 @@ class Runtime:
             self.remove(spec.name)
             if "executable file not found" in text or "no such file or directory" in text:
                 raise no_sshd(spec.image, spec.command[0]) from None
-            raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
+            if any(word in text.lower() for word in NODE_TROUBLE):
+                raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
+            # Docker refused THIS container (its settings, the image's file system against
+            # what the job mounts): what the job brings can cause it, so never a node down.
+            raise ContainerFault(f"Docker could not start container {spec.name}: {text}",
+                                 "if the image or the request is unusual, try another; else tell the admin") from None
         except DockerException as exc:
             raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None
 

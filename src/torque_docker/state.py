@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from filelock import Timeout
 
-from .errors import NodeFault
+from .errors import ContainerFault, NodeFault
 from .torque import safe_jobid
 
 LOCK_TIMEOUT = 30.0
@@ -278,8 +278,9 @@ class NodeState:
         except Timeout:
             raise NodeFault(f"the node lock {self.root / LOCK_DIR / 'node.lock'} is held for over {LOCK_TIMEOUT:.0f} s",
                             "look for a hung torque-docker process on this node") from None
-        raise NodeFault(f"none of the job's {len(candidates)} candidate ports on {address} is free",
-                        "widen [network] port_range or port_candidates, or look for what holds the ports")
+        # Any user's processes can hold ports in the range: not a proven fault of the node.
+        raise ContainerFault(f"none of the job's {len(candidates)} candidate ports on {address} is free",
+                             "widen [network] port_range or port_candidates, or look for what holds the ports")
 
     def release_ports(self, jobid: str, ports: Optional[Iterable[str]] = None) -> int:
         """Drop the job's reservations (all of them, or the given ``addr:port`` keys)."""

@@ -1,3 +1,4 @@
+import errno
 import os
 import socket
 import subprocess
@@ -8,7 +9,8 @@ import pytest
 
 from torque_docker import cli, lifecycle
 from torque_docker.config import parse_text
-from torque_docker.errors import ImageError, NodeFault, NotOurs, PolicyError, RequestError
+from torque_docker.errors import (ConfigError, ContainerFault, ImageError, NodeFault, NotOurs, PolicyError,
+                                  RequestError)
 from torque_docker.state import NodeState
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
@@ -24,6 +26,16 @@ HOOKS = Path(__file__).resolve().parents[2] / "hooks"
     ("prologue", ValueError("bug"), 2),
     ("prologue.parallel", RequestError("x"), 0),   # the MS refuses it; never mark the node down
     ("prologue.parallel", NodeFault("x"), 2),
+    ("prologue.parallel", ConfigError("x"), 2),    # the site's mistake: this node cannot run jobs
+    ("prologue.parallel", OSError(errno.ENOSPC, "full"), 2),
+    # What the job (its image, its request) or another user may have caused: never a node down.
+    ("prologue.parallel", ContainerFault("x"), 0),
+    ("prologue.parallel", ImageError("x", user_error=False), 0),
+    ("prologue.parallel", ImageError("x", user_error=True), 0),
+    ("prologue.parallel", ValueError("bug"), 0),
+    ("prologue.parallel", OSError(errno.ELOOP, "a link"), 0),
+    ("prologue", ContainerFault("x"), 2),
+    ("prologue", ConfigError("x"), 2),             # never aborted as if the user had asked wrong
     ("epilogue", NodeFault("x"), 0),
     ("epilogue.parallel", ValueError("bug"), 0),
     ("prologue", NotOurs(), 0),
@@ -64,7 +76,7 @@ def test_port_reservation_skips_taken_and_busy_ports(tmp_path):
         first = state.reserve_port("1.s", "127.0.0.1", [busy_port, 41001, 41002])
         assert first == 41001
         assert state.reserve_port("2.s", "127.0.0.1", [41001, 41002]) == 41002
-        with pytest.raises(NodeFault, match="none of the job's 1 candidate ports"):
+        with pytest.raises(ContainerFault, match="none of the job.s 1 candidate ports"):   # never a node down
             state.reserve_port("3.s", "127.0.0.1", [41001])
         assert state.release_ports("1.s") == 1
         assert state.reserve_port("3.s", "127.0.0.1", [41001]) == 41001
@@ -147,7 +159,7 @@ def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path,
 
     def wait(address, port, token, deadline, still_running, interval=0.02):
         if not still_running():
-            raise lifecycle.NodeFault("sshd in the container exited before answering")
+            raise probe.SshdExited("sshd in the container exited before answering")
 
     monkeypatch.setattr(probe, "wait_for_sshd", wait)
     monkeypatch.setattr(lifecycle, "container_ids_problem", lambda pid, user: None)   # no real process here
@@ -162,6 +174,53 @@ def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path,
     assert "ListenAddress=127.0.0.1:41001" in runtime.started[0].command[-1]
     assert "ListenAddress=127.0.0.1:41002" in runtime.started[1].command[-1]
     assert list(state.reserved_ports()) == ["127.0.0.1:41002"]
+
+
+@pytest.mark.parametrize("logs,running,error,user_error", [
+    ("sshd: no hostkeys available -- exiting.", False, ImageError, True),    # the image's sshd: the user's
+    ("", True, ContainerFault, False),                                       # never answers: nobody's proven
+])
+def test_an_sshd_that_fails_is_never_a_fault_of_the_node(tmp_path, monkeypatch, logs, running, error, user_error):
+    """The image decides how its sshd behaves: a sister must not take its node down for it."""
+    from torque_docker import lifecycle, plan, probe
+    from torque_docker.errors import is_node_fault
+    from torque_docker.identity import UserInfo
+    from torque_docker.torque import HookContext
+
+    cfg = parse_text(f"[paths]\nstate_dir = {tmp_path}/state\n[network]\nnode_name = n0\n[ssh]\nready_timeout = 0.3\n")
+    state = NodeState(cfg.paths_state_dir)
+    state.ensure()
+    monkeypatch.setattr("torque_docker.state.port_is_free", lambda address, port: True)
+    monkeypatch.setattr(probe, "read_banner", lambda *a, **k: None)
+
+    class Runtime:
+        removed = []
+
+        def start(self, spec):
+            return "c1"
+
+        def state(self, ident):
+            return ("running", None) if running else ("exited", 1)
+
+        def logs(self, ident):
+            return logs
+
+        def remove(self, ident):
+            self.removed.append(ident)
+            return True
+
+    ctx = HookContext(kind="prologue.parallel", jobid="9.s", user="u", group="u", jobname="n", resource_list="",
+                      node_index=1, pbs_home=tmp_path, workdir="", nodefile=None, environ={})
+    user = UserInfo("u", 2001, 2001, "/home/u", "/bin/sh", "", (("u", 2001),))
+    local = plan.NodePlan(1, "", (plan.ContainerPlan(1, 0, "td-9-s-n1", (41001, 41002)),))
+    runtime = Runtime()
+    with pytest.raises(error) as info:
+        lifecycle.start_containers(runtime, state, cfg, ctx, user, local, "img", "127.0.0.1", [], "tok")
+    assert info.value.user_error is user_error and not is_node_fault(info.value)
+    assert cli.hook_exit_code("prologue.parallel", info.value) == 0
+    assert runtime.removed == ["c1"] and state.reserved_ports() == {}
+    if logs:
+        assert logs in info.value.message
 
 
 # ----------------------------------------------------------------------------- locks
