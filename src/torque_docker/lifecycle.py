@@ -724,7 +724,10 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
             targets[container.alias] = (node_address, container.candidates,
                                         probe.container_token(secrets_.token, node.index, container.slot))
     if targets:
-        found = probe.find_ports(targets, time.monotonic() + min(15.0, cfg.ssh_ready_timeout))
+        # Sisters answered before their prologue.parallel ended, and all ended before this
+        # one began: a short deadline only covers a slow network.
+        found = probe.find_ports(targets, time.monotonic() + min(5.0, cfg.ssh_ready_timeout),
+                                 host_key=secrets_.host_key.public_openssh)
         missing = sorted(set(targets) - set(found))
         if missing:
             hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})
