@@ -28,7 +28,7 @@ from .log import Log
 from .request import JobRequest, Mount, is_reference, parse_resource_list, request_from_resource_list
 from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
 from .state import NodeState, ensure_dir, write_file, write_in_place
-from .torque import HookContext, check_identity, read_nodefile, safe_jobid
+from .torque import HookContext, assigned_hosts, check_identity, safe_jobid
 
 CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
 STARTER_RECORD = "starter.json"  # the job starter's record, in the job directory (root's)
@@ -87,8 +87,12 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
                                     cfg.network_port_candidates)
 
     requested = parse_resource_list(ctx.resource_list)
+    note = ""
     if ctx.is_ms:
-        hosts = read_nodefile(Path(ctx.nodefile).read_text())
+        # What the server assigned (exec_host), never the nodefile, which the job's own
+        # variables can fill (BEOWULF_JOB_MAP); the nodefile is rewritten from the plan.
+        hosts = assigned_hosts(ctx)
+        note = nodefile_note(ctx, hosts)
         nodes = plan.plan_job(ctx.jobid, hosts, model, ports)
         local = nodes[0]
         slots_here: Optional[int] = len(local.containers[0].nodefile_slots) if model == "node" else len(local.containers)
@@ -149,7 +153,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         fit_login_shell(runtime, state, ctx.jobid, user, str(started[0]["id"]))
         timer.step("start")
         if ctx.is_ms:
-            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference)
+            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference,
+                        assigned=hosts)
         write_starter_file(state, ctx.jobid, user, cfg, run if ctx.is_ms else "sister",
                            alias=str(started[0]["alias"]), path=runtime.image_path(reference),
                            usage_table=model == "process" or cfg.log_verbose, image=reference, model=model,
@@ -158,7 +163,9 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
                  else f"{len(started)} container(s)")
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {shown} ({image_id[:19]}), model {model}, run {run}, "
-                         f"{where}, ready in {timer.total:.1f} s")
+                         f"{where}, ready in {timer.total:.1f} s") + (f"\ntorque-docker: job {ctx.jobid}: {note}" if note else "")
+        if note:
+            log.warning(ctx.jobid, note)
         log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")
         if ctx.is_ms:
             state.forget_attempts(ctx.jobid)
@@ -170,6 +177,20 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         raise
     finally:
         hostpath.close_all([b.pin for b in binds])
+
+
+def nodefile_note(ctx: HookContext, assigned: Sequence[str]) -> str:
+    """A word for the job when pbs_mom's nodefile was not the assigned slots (the job set
+    BEOWULF_JOB_MAP): it is replaced anyway, this only says why it changed."""
+    try:
+        lines = [line.strip() for line in Path(ctx.nodefile).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    # pbs_mom's $nodefile_suffix may follow each host name.
+    if len(lines) == len(assigned) and all(line.startswith(host) for line, host in zip(lines, assigned)):
+        return ""
+    return (f"the nodefile pbs_mom wrote ({len(lines)} line(s), from BEOWULF_JOB_MAP?) is not the "
+            f"{len(assigned)} slot(s) the server assigned; the job gets the assigned slots")
 
 
 def sweep_node(cfg: Config, ctx: HookContext, runtime: Runtime, log: Log) -> None:
@@ -714,7 +735,7 @@ def container_tmpfs(volumes: Sequence[str], binds: Sequence[Tuple[str, str, bool
 # --------------------------------------------------------------------------- MS: connect the nodes
 def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo, nodes: Sequence[plan.NodePlan],
                 local_started: Sequence[Dict[str, object]], address: str, secrets_: keys.JobSecrets,
-                timer: Timer, image_id: str = "", image: str = "") -> None:
+                timer: Timer, image_id: str = "", image: str = "", *, assigned: Sequence[str]) -> None:
     """Find where every sister container listens, write the SSH files, push them, rewrite the nodefile."""
     endpoints: Dict[str, Tuple[str, int]] = {str(c["alias"]): (address, int(c["port"])) for c in local_started}
     targets: Dict[str, Tuple[str, Sequence[int]]] = {}
@@ -767,9 +788,10 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     write_in_place(ctr / "hosts-launcher",
                    render.hosts_text([(c["address"], c["alias"]) for c in ordered if c["alias"] not in siblings],
                                      here))
-    original = Path(ctx.nodefile).read_text()
-    hosts = read_nodefile(original)
-    rewritten = render.rewrite_nodefile(hosts, plan.slot_alias(nodes))
+    original = Path(ctx.nodefile).read_text(errors="replace")
+    # From the plan (the slots the server assigned), never from pbs_mom's nodefile, which
+    # the job's own variables can fill (BEOWULF_JOB_MAP).
+    rewritten = render.rewrite_nodefile(assigned, plan.slot_alias(nodes))
     # Containers of a node share its job directory: one push per sister node is enough. The
     # nodefile goes too: TM tasks find their slot's container in it on every node. The hosts
     # file carries this node's /etc/hosts lines to the sisters: a cluster's nodes resolve

@@ -292,9 +292,10 @@ def find_ports(targets: Dict[str, Tuple[str, Sequence[int], str]], deadline: flo
             for alias, port, matches in pool.map(banner_of, work):   # map keeps candidate order
                 if matches:
                     answering[alias].append(port)
-            for alias, port, banner in pool.map(lambda a: choose(a, answering[a]), [a for a in pending if answering[a]]):
-                if port is not None:
-                    found[alias] = (port, banner_image(banner))
+            for alias, proven, banner in pool.map(lambda a: choose(a, answering[a]),
+                                                  [a for a in pending if answering[a]]):
+                if proven is not None:
+                    found[alias] = (proven, banner_image(banner))
             if len(found) == len(targets) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.2)
