@@ -34,6 +34,24 @@ class LockTimeout(Timeout):
     """The lock stayed held past its bound (a filelock Timeout, which callers already catch)."""
 
 
+def open_lock_file(path: "str | Path") -> int:
+    """A lock file's descriptor: created 0600, opened without following links or blocking;
+    an existing file of another owner or a wider mode (an older version's, made under umask
+    022) is made root's 0600 first, so nobody else can open it any more."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NodeFault(f"the lock {path} is not a regular file", "remove it")
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            os.fchown(fd, os.geteuid(), os.getegid())
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class NodeLock:
     """An exclusive ``flock`` on a root-only file, bounded in time; re-entrant in one object.
 
@@ -56,14 +74,8 @@ class NodeLock:
         if self._fd is not None:
             self._depth += 1
             return self
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+        fd = open_lock_file(self.lock_file)
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise NodeFault(f"the lock {self.lock_file} is not a regular file", "remove it")
-            if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-                os.fchown(fd, os.geteuid(), os.getegid())
-                os.fchmod(fd, 0o600)
             deadline = time.monotonic() + max(self.timeout, 0)
             delay = 0.01
             while True:

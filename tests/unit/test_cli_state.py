@@ -225,12 +225,16 @@ def test_an_sshd_that_fails_is_never_a_fault_of_the_node(tmp_path, monkeypatch, 
 
 # ----------------------------------------------------------------------------- locks
 def lock_files(state: NodeState):
-    """Take every kind of lock the node uses once: ports, cores, attempts, an image."""
+    """Take every kind of lock the node uses once: ports, cores, attempts, an image, the
+    sweep's hook lock."""
+    from torque_docker import sweep
     state.ensure()
     state.reserve_port("1.s", "127.0.0.1", [0])
     state.allocate_cores("1.s", 1, [0])
     state.count_attempt("1.s")
     with state.image_lock("lab/x:1", timeout=1):
+        pass
+    with sweep.hook_running(parse_text(f"[paths]\nstate_dir = {state.root}\n"), "1.s"):
         pass
     return sorted(p for p in state.root.rglob("*") if p.name.endswith(".lock"))
 
@@ -242,7 +246,7 @@ def test_every_lock_is_a_0600_file_in_a_0700_directory_whatever_the_umask(tmp_pa
     finally:
         os.umask(old)
     assert {p.parent for p in locks} == {tmp_path / "state" / "locks"}
-    assert len(locks) == 2                                   # node.lock and the image's
+    assert len(locks) == 3                                   # node.lock, the image's, the hook lock
     assert (tmp_path / "state" / "locks").stat().st_mode & 0o777 == 0o700
     for path in locks:
         assert path.stat().st_mode & 0o777 == 0o600, path
