@@ -61,32 +61,3 @@ def test_unknown_key_message_lists_valid_keys():
         parse_other("image=debian;modle=node")
     assert "image, model, run, mount" in str(info.value)
 
-
-# ----------------------------------------------------------------------------- memory requests
-@pytest.mark.parametrize("asked,model,slots,nodes,limit", [
-    ({"pmem": "512mb"}, "process", 4, 2, 512 * 1024 ** 2),
-    ({"pmem": "512mb"}, "node", 4, 2, 4 * 512 * 1024 ** 2),
-    ({"mem": "8gb"}, "node", 4, 2, 4 * 1024 ** 3),
-    ({"mem": "8gb"}, "process", 4, 2, 1024 ** 3),
-    ({"pmem": "6mb"}, "process", 1, 1, 6 * 1024 ** 2),          # Docker's floor itself is fine
-    ({}, "node", 4, 2, None),
-])
-def test_memory_limit_per_container(asked, model, slots, nodes, limit):
-    from torque_docker.resources import memory_limit
-    assert memory_limit(asked, model, slots, nodes) == limit
-
-
-@pytest.mark.parametrize("asked,model,slots,nodes", [
-    ({"pmem": "1kb"}, "node", 1, 1),
-    ({"pmem": "5mb"}, "process", 4, 1),
-    ({"mem": "20mb"}, "process", 4, 2),          # 2.5 MB per container
-    ({"pmem": "0"}, "node", 1, 1),
-])
-def test_memory_below_what_docker_accepts_is_the_requests_mistake(asked, model, slots, nodes):
-    """Docker refuses limits under 6 MB; found at container start on a sister, that took the
-    node down. The request is refused on every node before anything starts."""
-    from torque_docker.errors import RequestError
-    from torque_docker.resources import memory_limit
-    with pytest.raises(RequestError, match="Docker needs at least 6 MiB") as info:
-        memory_limit(asked, model, slots, nodes)
-    assert info.value.user_error and "pmem=6mb" in info.value.fix
