@@ -304,11 +304,10 @@ class Runtime:
             raise NodeFault(f"Docker failed to look into container {ident[:12]}: {_short(exc)}") from None
         except OSError as exc:
             raise NodeFault(f"Docker failed to look into container {ident[:12]}: {exc}") from None
-        if response.status_code == 404:
-            return False
-        if response.status_code >= 400:
-            raise NodeFault(f"Docker failed to look into container {ident[:12]}: HTTP {response.status_code}")
-        return True
+        # Anything but a plain answer is "not usable here": an image can make Docker fail on
+        # its own paths (a symlink loop answers HTTP 500), and what an image does must never
+        # be a fault of the node (a sister's NodeFault takes the node down).
+        return response.status_code == 200
 
     def state(self, ident: str) -> Tuple[str, Optional[int]]:
         """(status, exit code) of a container; ('gone', None) when it no longer exists."""

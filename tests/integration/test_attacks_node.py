@@ -115,6 +115,24 @@ def exiting_sshd_image(docker_client, images):
         pass
 
 
+LOOPED_SHELL = "torque-docker-test/looped-shell"
+
+
+@pytest.fixture(scope="module")
+def looped_shell_image(docker_client, images):
+    """An image whose /bin/bash (the test user's login shell) is a symlink loop: Docker
+    answers a question about that path with HTTP 500."""
+    recipe = (f"FROM {images['openmpi']}\n"
+              "RUN rm -f /bin/bash /usr/bin/bash && ln -s bash /usr/bin/bash && { [ -L /bin ] || ln -s bash /bin/bash; }\n")
+    tag = f"{LOOPED_SHELL}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    docker_client.images.build(fileobj=io.BytesIO(recipe.encode()), tag=tag, rm=True)
+    yield tag
+    try:
+        docker_client.images.remove(tag, force=True)
+    except docker.errors.APIError:
+        pass
+
+
 def no_node_down(result) -> None:
     assert result.down_nodes == [], result.log
     runs = result.runs("prologue.parallel")
@@ -153,6 +171,18 @@ def test_an_image_whose_registry_does_not_resolve_takes_no_node_down(site, docke
     assert "registry.invalid/lab/x:1" in text and "does not resolve" in text, text
     assert "check the image name" in text
     assert result.exit_status == 1 and "SCRIPT-RAN" not in result.stdout
+
+
+def test_an_image_that_breaks_dockers_look_at_the_login_shell_takes_no_node_down(site, docker_client,
+                                                                                 looped_shell_image):
+    """The prologue asks Docker whether the user's login shell exists in the image; the image
+    can make that question fail. The containers then give the user /bin/sh, and the job runs."""
+    job = site.job("#!/bin/sh\nssh -o BatchMode=yes \"$(sed -n 2p $PBS_NODEFILE)\" 'echo IN-$(hostname)'\n",
+                   [("tdnode0", 1), ("tdnode1", 1)], other=f"image={looped_shell_image};run=host")
+    result = site.cluster.run(job)
+    no_node_down(result)
+    assert result.exit_status == 0 and f"IN-{alias_for(job.jobid, 1)}" in result.stdout, result.stdout + result.stderr
+    assert site.leftovers(docker_client, job.jobid) == []
 
 
 PORT_HOLDER = r"""
