@@ -77,9 +77,10 @@ class PolicyError(TorqueDockerError):
 class ImageError(TorqueDockerError):
     """The image cannot be used (missing, unpullable, no sshd); user_error decides who fixes it."""
 
-    def __init__(self, message: str, fix: str = "", *, user_error: bool = True) -> None:
+    def __init__(self, message: str, fix: str = "", *, user_error: bool = True, node_fault: bool = False) -> None:
         super().__init__(message, fix)
         self.user_error = user_error
+        self.node_fault = node_fault
 
 
 class ConfigError(TorqueDockerError):

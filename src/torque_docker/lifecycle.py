@@ -336,7 +336,7 @@ def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: 
     elif not present and "@sha256:" in image.reference:
         raise ImageError(f"pinned image {image.reference} is not on node {cfg.node_name()} and the site does "
                          f"not pull images", f"stage it on this node: torque-docker stage {image.reference}",
-                         user_error=not pinned_fault)
+                         user_error=not pinned_fault, node_fault=pinned_fault)
     elif not present:
         raise ImageError(f"image {image.reference} is not on this node and the site does not pull images",
                          "ask the admin to stage it with 'torque-docker stage IMAGE'")

@@ -211,7 +211,9 @@ def test_a_sister_being_set_up_is_not_swept(make_site, docker_client, silent_ssh
         assert containers_of(docker_client, job.jobid)
     finally:
         thread.join(120)
-    assert outcome["result"].state == "Q" and outcome["result"].down_nodes == ["tdnode1"]
+    # An sshd that never answers may be the image's doing: the sister leaves it to the MS,
+    # which finds the container missing and requeues; no node goes down.
+    assert outcome["result"].state == "Q" and outcome["result"].down_nodes == []
     assert site.leftovers(docker_client, job.jobid) == []
 
 

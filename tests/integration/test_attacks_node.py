@@ -145,7 +145,7 @@ def test_a_memory_request_docker_refuses_takes_no_node_down(site, docker_client)
     result = site.cluster.run(job)
     no_node_down(result)
     text = refusal(job)
-    assert "pmem=1kb" in text and "Docker needs at least 6mb" in text and "pmem=6mb" in text
+    assert "pmem=1kb" in text and "Docker needs at least 6 MiB" in text and "pmem=6mb" in text
     assert result.exit_status == 1 and "SCRIPT-RAN" not in result.stdout       # refused, never requeued
     assert text.strip() in result.stderr
     assert docker_client.containers.list(all=True, filters={"label": f"{L_JOB}={job.jobid}"}) == []

@@ -312,3 +312,19 @@ def _held_by_nobody(root: Path) -> str:
              "        except OSError: pass\nprint(held)\n")
     return subprocess.run([sys.executable, "-c", probe, str(root)], user=65534, group=65534, extra_groups=[],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("error,attempts,head,advice", [
+    (RequestError("model=vm is not known", "use model=node"), 0,
+     "was not started: model=vm is not known", "what to do: use model=node"),
+    (ConfigError("/etc/td.conf:3: [jobs] shm_size = 'lots': is not a size", "fix the value"), 1,
+     "(node fault, 1 attempts)", "not of your job; tell the admin, whose fix is: fix the value"),
+    (ImageError("pinned image x is not on node n1", "stage it", user_error=False, node_fault=True), 3,
+     "(node fault, 3 attempts)", "tell the admin, whose fix is: stage it"),
+    (ContainerFault("the job's container on n2 did not start", "ask the admin"), 3,
+     "did not start (3 attempts)", "what to do: ask the admin"),
+])
+def test_the_explanation_never_gives_the_user_the_sites_fix(error, attempts, head, advice):
+    from torque_docker import refusal
+    text = refusal.explanation("7.srv", error, attempts)
+    assert head in text.splitlines()[0] and advice in text.splitlines()[1], text
