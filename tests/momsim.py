@@ -1027,9 +1027,9 @@ class Cluster:
             os.fchown(fd, ctx.pw.pw_uid, ctx.pw.pw_gid)
             os.close(fd)
 
-    def _job_save(self, ctx: _Ctx, node: str, pause: float = 0.0) -> None:
-        """job_save() (src/server/job_recov.c): the new XML into ``<prefix>.JC``, unlink the
-        ``.JB``, link the ``.JC`` to it, unlink the ``.JC``.  Root, 0644 (facts)."""
+    def _variables(self, ctx: _Ctx) -> dict:
+        """The job's Variable_List as pbs_mom holds it: qsub's PBS_O_* first, then the job's
+        -v variables in order (and an array subjob's PBS_ARRAYID)."""
         j = ctx.job
         variables = {"PBS_O_QUEUE": j.queue, "PBS_O_HOME": ctx.pw.pw_dir, "PBS_O_WORKDIR": ctx.workdir,
                      "PBS_O_HOST": j.submit_host or ctx.server, "PBS_O_SERVER": ctx.server}
@@ -1037,6 +1037,23 @@ class Cluster:
         parts = array_parts(j.jobid)
         if parts:
             variables["PBS_ARRAYID"] = str(parts[1])
+        return variables
+
+    def _job_envvar(self, ctx: _Ctx, prefix: str) -> Optional[str]:
+        """requests.c get_job_envvar(): the FIRST Variable_List entry (``NAME=value``) that
+        merely starts with ``prefix`` (attr_fn_arst.c arst_string: strncmp of the prefix's
+        length), its text after the first '='. So BEOWULF_JOB_MAPX=... counts as BEOWULF_JOB_MAP."""
+        for name, value in self._variables(ctx).items():
+            entry = f"{name}={value}"
+            if entry.startswith(prefix):
+                return entry.split("=", 1)[1]
+        return None
+
+    def _job_save(self, ctx: _Ctx, node: str, pause: float = 0.0) -> None:
+        """job_save() (src/server/job_recov.c): the new XML into ``<prefix>.JC``, unlink the
+        ``.JB``, link the ``.JC`` to it, unlink the ``.JC``.  Root, 0644 (facts)."""
+        j = ctx.job
+        variables = self._variables(ctx)
         text = job_file_xml(
             j.jobid, ctx.prefix, substate=ctx.substate, user=ctx.pw.pw_name, group=ctx.group,
             uid=ctx.pw.pw_uid, gid=ctx.pw.pw_gid, jobname=ctx.jobname, queue=j.queue, server=ctx.server,
@@ -1311,12 +1328,17 @@ class Cluster:
 
     def _write_nodefile(self, ctx: _Ctx) -> None:
         # Facts "The nodefile": one line per slot in exec_host order, root, 0644, written
-        # before the MS prologue.  Note: real mom lets a user replace its contents with
-        # -v BEOWULF_JOB_MAP=...; the simulator ignores that (it only passes the variable
-        # to the scripts' environment, as setup_pelog_environment does).
-        lines = [n for n, p in ctx.job.nodes for _ in range(p)]
+        # before the MS prologue.  start_exec.c write_nodes_to_file(): when the job has a
+        # variable found by get_job_envvar("BEOWULF_JOB_MAP") (a PREFIX match), its value
+        # split on ':' (strtok: empty fields skipped) is written instead, one per line.
+        # ($nodefile_suffix is not modelled: the simulated moms have none.)
+        beowulf = self._job_envvar(ctx, "BEOWULF_JOB_MAP")
+        if beowulf is not None:
+            lines = [host for host in beowulf.split(":") if host]
+        else:
+            lines = [n for n, p in ctx.job.nodes for _ in range(p)]
         self._write_root_file(self.nodefile(ctx.ms, ctx.job.jobid),
-                              "\n".join(lines) + "\n", 0o644)
+                              "".join(f"{line}\n" for line in lines), 0o644)
         ctx.has_nodefile = True
 
     # ---- prologue / epilogue --------------------------------------------------------
@@ -1346,8 +1368,12 @@ class Cluster:
         if node == ctx.ms and ctx.has_nodefile:
             env["PBS_NODEFILE"] = str(self.nodefile(node, ctx.job.jobid))
         env["PBS_O_WORKDIR"] = ctx.workdir
-        if "BEOWULF_JOB_MAP" in v:
-            env["BEOWULF_JOB_MAP"] = str(v["BEOWULF_JOB_MAP"])
+        # prolog.c: the first Variable_List entry starting "BEOWULF_JOB_MAP=" (with the '=',
+        # unlike the nodefile's prefix match above).
+        for name, value in self._variables(ctx).items():
+            if f"{name}=".startswith("BEOWULF_JOB_MAP="):
+                env["BEOWULF_JOB_MAP"] = value
+                break
         if ".user" not in hook and hook != "epilogue.precancel":
             for k, val in v.items():
                 if str(k).startswith("MOAB_"):

@@ -958,3 +958,28 @@ def test_no_gpu_file_without_gpus(sim):
     job = sim.job([("tdnode0", 1)], "#!/bin/bash\necho \"GPUS [$PBS_GPUFILE] [$CUDA_VISIBLE_DEVICES]\"\n")
     r = sim.cluster.run(job)
     assert "GPUS [] []" in r.stdout and "gpu" not in sim.dump("tdnode0", "prologue").text("aux")
+
+
+# ------------------------------------------------------------------------------ nodefile and job file
+
+def _nodefile_and_env(sim, variables):
+    sim.hook("tdnode0", "prologue")
+    job = sim.job([("tdnode0", 2), ("tdnode1", 1)], variables=variables)
+    sim.cluster.run(job)
+    pro = sim.dump("tdnode0", "prologue")
+    return pro.text("nodefile").split(), pro.env
+
+
+def test_beowulf_job_map_replaces_the_nodefile_and_reaches_the_env(sim):
+    """start_exec.c write_nodes_to_file: the job's own variable becomes the nodefile."""
+    lines, env = _nodefile_and_env(sim, {"BEOWULF_JOB_MAP": "evil1:evil2::evil3"})
+    assert lines == ["evil1", "evil2", "evil3"]              # strtok skips the empty field
+    assert env["BEOWULF_JOB_MAP"] == "evil1:evil2::evil3"    # prolog.c passes it to the scripts
+
+
+def test_a_variable_that_only_starts_like_beowulf_job_map_still_writes_the_nodefile(sim):
+    """get_job_envvar is a prefix match, prolog.c's check is not: the prologue cannot see it."""
+    lines, env = _nodefile_and_env(sim, {"BEOWULF_JOB_MAPX": "evil1:evil1"})
+    assert lines == ["evil1", "evil1"]
+    assert "BEOWULF_JOB_MAP" not in env and "BEOWULF_JOB_MAPX" not in env
+

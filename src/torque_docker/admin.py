@@ -333,10 +333,8 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "check":
         # A broken config is one of the things check reports, not a reason to stop.
         from .check import run_checks
-        try:
-            cfg, problem = config_mod.load(), None
-        except ConfigError as exc:
-            cfg, problem = None, str(exc)
+        cfg, problems = config_mod.check_file()      # every problem of the file, not just the first
+        problem = "; ".join(str(p) for p in problems) or None
         return run_checks(cfg, args.pbs_home, config_error=problem, image=args.image,
                           fingerprint=args.fingerprint, ssh_config=args.ssh_config, out=sys.stdout)
     cfg = config_mod.load()

@@ -26,7 +26,6 @@ HOOKS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
 SSH_CONFIG = "/etc/ssh/ssh_config"
 NOBODY = 65534                      # what job users look like to the starter's import check
 CHECK_LABEL = "torque-docker.check"  # containers check starts (never a job's label: gc/ps ignore them)
-ENDPOINT_SCHEMES = ("unix://", "tcp://", "http://", "https://", "ssh://", "npipe://")
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 
@@ -82,47 +81,12 @@ def imports_package(python: str, args: List[str], module: str, uid: Optional[int
     return None
 
 
-_PATTERN_CHARS = {
-    "images": re.compile(r"[A-Za-z0-9._/:@*?\[\]!-]+"),   # what can occur in an image reference
-    "env": re.compile(r"[A-Za-z0-9_*?\[\]!-]+"),         # ... in an environment variable's name
-}
-
-
 def config_problems(cfg: Config) -> List[str]:
-    """Values the parser accepts as text but that cannot work; each names its [section] key."""
-    from . import policy
-    from .request import parse_mount
-    problems = []
-    if not cfg.docker_endpoint.startswith(ENDPOINT_SCHEMES):
-        problems.append(f"[docker] endpoint {cfg.docker_endpoint!r} is not a Docker address "
-                        f"(unix:///var/run/docker.sock, tcp://host:2376, ssh://user@host)")
-    if not re.fullmatch(r"[0-9]+[bkmgBKMG]?", cfg.jobs_shm_size):
-        problems.append(f"[jobs] shm_size {cfg.jobs_shm_size!r} is not a size like 1g or 512m")
-    if re.search(r"\s", cfg.cgroups_parent):
-        problems.append(f"[cgroups] parent {cfg.cgroups_parent!r} contains white space")
-    for pattern in cfg.images_allowed:
-        if not _PATTERN_CHARS["images"].fullmatch(pattern):
-            problems.append(f"[images] allowed pattern {pattern!r} can never match an image reference")
-    for key, patterns in (("deny", cfg.env_deny), ("pass", cfg.env_pass)):
-        for pattern in patterns:
-            if not _PATTERN_CHARS["env"].fullmatch(pattern):
-                problems.append(f"[env] {key} pattern {pattern!r} can never match a variable name")
-    for text in cfg.mounts_default:
-        try:
-            parse_mount(text)
-        except TorqueDockerError as exc:
-            problems.append(f"[mounts] default {text!r}: {exc.message}")
-    for name, reference in cfg.images_aliases.items():
-        try:
-            policy.resolve_image(reference, cfg)
-        except TorqueDockerError:
-            problems.append(f"[images] aliases: {name} = {reference} is not in [images] allowed")
-    if cfg.check_image:
-        try:
-            policy.resolve_image(cfg.check_image, cfg)
-        except TorqueDockerError:
-            problems.append(f"[check] image {cfg.check_image} is not in [images] allowed")
-    return problems
+    """What is wrong with a config across its options. Each option alone is checked when
+    the file is read (``config.parse_text``: a bad value never loads), so this only re-runs
+    the cross-option rules, for a Config built in code; each problem names its [section] key."""
+    from .config import rule_problems
+    return rule_problems(cfg.values)
 
 
 def prologalarm(mom_priv: Path) -> int:
@@ -406,7 +370,7 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
     try:
         state = NodeState(str(work))
         state.ensure()
-        secrets_ = keys_mod.JobSecrets.derive(os.urandom(32), jobid)
+        secrets_ = keys_mod.JobSecrets.derive(os.urandom(32), keys_mod.JobIdentity(jobid, user.name, "", ""))
         lifecycle.prepare_job_dir(state, jobid, user, secrets_, cfg, log_level="ERROR")
         ctr = state.ctr_dir(jobid)
         binds = ((str(ctr), lifecycle.CTR_DIR, True), (str(ctr / "passwd"), "/etc/passwd", True),

@@ -3,7 +3,9 @@
 pbs_mom gives exit codes a meaning (docs/torque-facts.md):
 - MS prologue: 0 runs the job, 1 aborts it (user errors), anything else requeues it;
 - sister prologue.parallel: any non-zero rejects the join AND marks the node down, so a
-  sister fails only for a real node fault; the MS catches users' mistakes;
+  sister fails only for a proven fault of the node itself (``errors.is_node_fault``);
+  whatever the job or another user may have caused is left to the MS, which finds the
+  sister's container missing;
 - epilogues: the code is only logged; we exit 0 and log what failed.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 import traceback
 from typing import List, Optional, Sequence
 
-from .errors import NotOurs, TorqueDockerError
+from .errors import ConfigError, NotOurs, TorqueDockerError, is_node_fault
 from .request import is_container_job
 
 EXIT_OK, EXIT_ABORT, EXIT_REQUEUE = 0, 1, 2
@@ -30,7 +32,16 @@ def hook_exit_code(kind: str, error: Optional[BaseException]) -> int:
     user_error = isinstance(error, TorqueDockerError) and error.user_error
     if kind == "prologue":
         return EXIT_ABORT if user_error else EXIT_REQUEUE
-    return EXIT_OK if user_error else EXIT_REQUEUE   # prologue.parallel
+    return EXIT_REQUEUE if is_node_fault(error) else EXIT_OK   # prologue.parallel: non-zero = node DOWN
+
+
+def _sister_note(kind: str, error: BaseException) -> str:
+    """What a sister's failure does to the node, for the admin log."""
+    if kind != "prologue.parallel":
+        return ""
+    if is_node_fault(error):
+        return " (a fault of this node: pbs_mom marks it down)"
+    return " (not a fault of this node: left to the mother superior, which reports it to the job)"
 
 
 def skip_distutils_shim() -> None:
@@ -56,7 +67,14 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
     error: Optional[BaseException] = None
     attempt: Optional[int] = None
     try:
-        cfg = config.load()
+        try:
+            cfg = config.load()
+        except ConfigError:
+            # The site's mistake stops the hook as a node fault; what could be read still
+            # names the admin log and the state directory (attempts, the refusal).
+            cfg = config.lenient()
+            log = Log(cfg.log_destination, cfg.node_name())
+            raise
         log = Log(cfg.log_destination, cfg.node_name())
         ctx = torque.context_from(kind, argv, os.environ)
         if kind == "prologue":
@@ -87,12 +105,12 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
         return EXIT_OK
     except TorqueDockerError as exc:
         error = exc
-        log.error(jobid, f"{kind}: {exc}")
+        log.error(jobid, f"{kind}: {exc}{_sister_note(kind, exc)}")
         if kind != "prologue":    # the MS prologue explains itself in ms_prologue_failed
             _say(f"job {jobid}: {exc}")
     except Exception as exc:  # a bug: say so in one line, keep the trace for the admin
         error = exc
-        log.error(jobid, f"{kind}: internal error: {exc!r}\n{traceback.format_exc()}")
+        log.error(jobid, f"{kind}: internal error: {exc!r}{_sister_note(kind, exc)}\n{traceback.format_exc()}")
         _say(f"job {jobid}: internal error in {kind}: {exc!r}; please report it to the admin")
     if kind == "prologue" and error is not None:
         return ms_prologue_failed(args, cfg or config.defaults(), error, log, attempt)

@@ -17,7 +17,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import devices, limits
 from .errors import ConfigError
@@ -26,6 +26,20 @@ DEFAULT_PATH = "/etc/torque-docker/torque-docker.conf"
 ENV_VAR = "TORQUE_DOCKER_CONF"
 
 
+ENDPOINT_SCHEMES = ("unix://", "tcp://", "http://", "https://", "ssh://", "npipe://")
+_BLANK_OR_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+_PATTERN_CHARS = {
+    "image": re.compile(r"[A-Za-z0-9._/:@*?\[\]!-]+"),   # what can occur in an image reference
+    "variable": re.compile(r"[A-Za-z0-9_*?\[\]!-]+"),     # ... in an environment variable's name
+}
+
+
+# Validators: one per kind of value, each takes the text as written and returns the typed
+# value or raises ValueError saying what is wrong. parse_text() runs them as the file is
+# read (a hook never starts with a value it cannot use) and check_file() runs the same
+# ones to list every problem at once for `torque-docker check`.
 def _text(value: str) -> str:
     return value
 
@@ -33,6 +47,8 @@ def _text(value: str) -> str:
 def _path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
+    if _BLANK_OR_CONTROL.search(value):
+        raise ValueError("must be an absolute path without spaces or control characters")
     return os.path.normpath(value)
 
 
@@ -50,7 +66,10 @@ def _int_range(lo: int, hi: int) -> Callable[[str], int]:
 
 
 def _seconds(value: str) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
     if not 0 < number <= 3600:
         raise ValueError("must be a number of seconds between 0 and 3600")
     return number
@@ -83,6 +102,27 @@ def _address(value: str) -> str:
     return value
 
 
+def _endpoint(value: str) -> str:
+    scheme = next((s for s in ENDPOINT_SCHEMES if value.startswith(s)), "")
+    if not scheme or len(value) == len(scheme) or _BLANK_OR_CONTROL.search(value):
+        raise ValueError("is not a Docker address (unix:///var/run/docker.sock, tcp://host:2376, ssh://user@host)")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if value and (len(value) > 253 or not _HOSTNAME.fullmatch(value)):
+        raise ValueError("must be a host name (letters, digits, '-', '.'), as Torque names the node")
+    return value
+
+
+def _docker_size(value: str) -> str:
+    """A size Docker takes for --shm-size (``1g``, ``512m``, ``65536``); kept as written."""
+    match = re.fullmatch(r"([0-9]+)([bkmg]?)", value.lower())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError("is not a size like 1g or 512m")
+    return value
+
+
 def _bool(value: str) -> bool:
     lowered = value.lower()
     if lowered in ("yes", "true", "on", "1"):
@@ -96,12 +136,24 @@ def _words(value: str) -> Tuple[str, ...]:
     return tuple(w for w in re.split(r"[\s,]+", value) if w)
 
 
+def _patterns(kind: str) -> Callable[[str], Tuple[str, ...]]:
+    """fnmatch patterns that can match something of ``kind`` (image reference, variable name)."""
+    def parse(value: str) -> Tuple[str, ...]:
+        words = _words(value)
+        for word in words:
+            if not _PATTERN_CHARS[kind].fullmatch(word):
+                raise ValueError(f"pattern {word!r} can never match {'an image reference' if kind == 'image' else 'a variable name'}")
+        return words
+    return parse
+
+
 def _paths(value: str) -> Tuple[str, ...]:
     return tuple(_path(w) for w in _words(value))
 
 
 def _aliases(value: str) -> Dict[str, str]:
     """``name = reference`` pairs, one per (continuation) line."""
+    from .request import ALIAS, is_reference
     aliases: Dict[str, str] = {}
     for line in value.splitlines():
         line = line.strip()
@@ -110,6 +162,12 @@ def _aliases(value: str) -> Dict[str, str]:
         name, sep, ref = (part.strip() for part in line.partition("="))
         if not sep or not name or not ref:
             raise ValueError(f"alias {line!r} must look like 'name = registry/image:tag'")
+        if not ALIAS.match(name):
+            raise ValueError(f"alias name {name!r} is not one users can write (letters, digits, '.', '_', '-')")
+        if not is_reference(ref):
+            raise ValueError(f"alias {name} = {ref}: {ref!r} is not an image reference (NAME[:TAG][@sha256:DIGEST])")
+        if name in aliases:
+            raise ValueError(f"alias {name} is given twice")
         aliases[name] = ref
     return aliases
 
@@ -133,8 +191,39 @@ def _devices(value: str) -> Tuple[Tuple[str, str], ...]:
     return devices.parse(value)
 
 
+def _mounts(value: str) -> Tuple[str, ...]:
+    """Bind mounts as a job would write them (SRC[:DST][:ro])."""
+    from .errors import TorqueDockerError
+    from .request import parse_mount
+    words = _words(value)
+    for word in words:
+        try:
+            parse_mount(word)
+        except TorqueDockerError as exc:
+            raise ValueError(exc.message if len(words) == 1 else f"{word!r}: {exc.message}") from None
+    return words
+
+
+def _cgroup_parent(value: str) -> str:
+    if re.search(r"\s", value):
+        raise ValueError("contains white space")
+    if _BLANK_OR_CONTROL.search(value) or ".." in value.split("/"):
+        raise ValueError("must be 'torque', a cgroup path or a systemd slice, without '..' or control characters")
+    return value
+
+
+def _image_name(value: str) -> str:
+    from .request import ALIAS, is_reference
+    if value and not (is_reference(value) or ALIAS.match(value)):
+        raise ValueError("is not an image name (NAME[:TAG]) or an alias")
+    return value
+
+
 def _log(value: str) -> str:
-    if value in ("syslog", "none") or value.startswith("file:/"):
+    if value in ("syslog", "none"):
+        return value
+    if value.startswith("file:/"):
+        _path(value[5:])
         return value
     raise ValueError("must be syslog, none or file:/absolute/path")
 
@@ -150,10 +239,10 @@ class Option:
 
 #: Every option, with its default as it would be written in the file.
 OPTIONS: List[Option] = [
-    Option("docker", "endpoint", _text, "unix:///var/run/docker.sock", "Docker daemon address"),
+    Option("docker", "endpoint", _endpoint, "unix:///var/run/docker.sock", "Docker daemon address"),
     Option("docker", "api_timeout", _seconds, "30", "seconds one Docker API call may take"),
     Option("docker", "seccomp_profile", _optional_path, "", "seccomp profile of job containers, root's file (empty: Docker's default, which stops Open MPI's single-copy path; /etc/torque-docker/seccomp-cma.json: Docker's default plus the two calls it needs)"),
-    Option("network", "node_name", _text, "", "this node's name in Torque (default: the host name)"),
+    Option("network", "node_name", _node_name, "", "this node's name in Torque (default: the host name)"),
     Option("network", "listen_address", _address, "auto", "address sshd listens on in containers (auto: this node's name resolved)"),
     Option("network", "port_range", _port_range, "40000-40999", "ports for sshd in containers"),
     Option("network", "port_candidates", _int_range(1, 64), "16", "candidate ports per container"),
@@ -166,7 +255,7 @@ OPTIONS: List[Option] = [
     Option("paths", "template_dir", _path, "/etc/torque-docker/templates", "site templates that override the shipped ones"),
     Option("jobs", "default_model", _choice("node", "process"), "node", "model when the job names none"),
     Option("jobs", "default_run", _choice("container", "host"), "container", "where the batch script runs when the job says nothing (container needs the job starter)"),
-    Option("jobs", "shm_size", _text, "1g", "size of /dev/shm in each container"),
+    Option("jobs", "shm_size", _docker_size, "1g", "size of /dev/shm in each container"),
     Option("jobs", "process_ipc", _choice("shared", "private"), "shared", "model=process: containers of a node share one IPC namespace (shared memory between ranks)"),
     Option("jobs", "sweep_grace", _seconds, "600", "the prologue's sweep leaves anything younger alone (seconds)"),
     Option("jobs", "max_attempts", _int_range(1, 100), "3", "node-fault requeues of one job on a node before it is aborted"),
@@ -177,20 +266,20 @@ OPTIONS: List[Option] = [
     Option("devices", "paths", _devices, "", "device nodes every container gets, HOST[:CONTAINER] (e.g. /dev/infiniband /dev/kfd; a directory: the device nodes below it)"),
     Option("limits", "ulimits", _ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's; memlock is unlimited when [devices] passes RDMA devices and this sets none)"),
     Option("limits", "user_max", _ulimits, "", "highest ulimits a job may ask for with ulimit=NAME=SOFT[:HARD] (a name not here: at most the site's own value)"),
-    Option("images", "allowed", _words, "*", "image patterns users may ask for (fnmatch on the full reference)"),
+    Option("images", "allowed", _patterns("image"), "*", "image patterns users may ask for (fnmatch on the full reference)"),
     Option("images", "aliases", _aliases, "", "short names for images, one 'name = reference' per line"),
     Option("images", "pull", _choice("missing", "never", "always"), "missing", "when to pull"),
     Option("images", "pull_timeout", _seconds, "120", "seconds a pull may take (keep under $prologalarm)"),
     Option("images", "pin", _choice("off", "submit", "required"), "off", "at qsub (submit filter): rewrite a tag to the digest it names now, so every node and requeue runs that build; submit: unpinned with a warning when it cannot, required: refuse then"),
     Option("images", "tarball_dirs", _paths, "", "directories users may load image tarballs from (image=file:/path)"),
-    Option("mounts", "default", _words, "", "bind mounts every container gets (SRC[:DST][:ro])"),
+    Option("mounts", "default", _mounts, "", "bind mounts every container gets (SRC[:DST][:ro])"),
     Option("mounts", "allowed", _paths, "", "directories under which users may ask for mounts"),
-    Option("env", "deny", _words, "PATH LD_LIBRARY_PATH LD_PRELOAD MANPATH MODULEPATH LOADEDMODULES _LMFILES_ PYTHONPATH PYTHONHOME BASH_ENV ENV", "job variables not carried into the container (fnmatch patterns)"),
-    Option("env", "pass", _words, "*", "job variables carried into the container (fnmatch patterns, after deny)"),
-    Option("cgroups", "parent", _text, "", "cgroup parent for containers ('torque' puts them under the job's Torque cgroup)"),
+    Option("env", "deny", _patterns("variable"), "PATH LD_LIBRARY_PATH LD_PRELOAD MANPATH MODULEPATH LOADEDMODULES _LMFILES_ PYTHONPATH PYTHONHOME BASH_ENV ENV", "job variables not carried into the container (fnmatch patterns)"),
+    Option("env", "pass", _patterns("variable"), "*", "job variables carried into the container (fnmatch patterns, after deny)"),
+    Option("cgroups", "parent", _cgroup_parent, "", "cgroup parent for containers ('torque' puts them under the job's Torque cgroup)"),
     Option("log", "destination", _log, "syslog", "admin log: syslog, none or file:/path"),
     Option("log", "verbose", _bool, "no", "more detail in the job's .o"),
-    Option("check", "image", _text, "", "image 'torque-docker check' starts (as nobody, sshd -t) to prove jobs can run; empty: none"),
+    Option("check", "image", _image_name, "", "image 'torque-docker check' starts (as nobody, sshd -t) to prove jobs can run; empty: none"),
 ]
 
 _BY_NAME = {(o.section, o.key): o for o in OPTIONS}
@@ -246,12 +335,69 @@ def defaults() -> Config:
     return Config({f"{o.section}_{o.key}": o.parse(o.default) for o in OPTIONS})
 
 
-def parse_text(text: str, path: str = "<string>") -> Config:
-    """Parse INI text strictly: known sections and keys only, each at most once."""
+@dataclass(frozen=True)
+class Rule:
+    """A check that needs several options: ``problem(values)`` says what is wrong with the
+    first of ``names`` given the others ('' when nothing is)."""
+
+    names: Tuple[str, ...]
+    problem: Callable[[Dict[str, Any]], str]
+    fix: str
+
+
+def _aliases_allowed(values: Dict[str, Any]) -> str:
+    bad = [f"{name} = {ref}" for name, ref in values["images_aliases"].items()
+           if not _allowed(ref, values["images_allowed"])]
+    return f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not in [images] allowed" if bad else ""
+
+
+def _check_image_allowed(values: Dict[str, Any]) -> str:
+    image = values["check_image"]
+    reference = values["images_aliases"].get(image, image)
+    if image and not _allowed(reference, values["images_allowed"]):
+        return f"{reference} is not in [images] allowed"
+    if image and reference == image and not is_image_reference(image):
+        return f"{image} is neither an image reference nor an alias of [images] aliases"
+    return ""
+
+
+def _allowed(reference: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(reference, pattern) for pattern in patterns)
+
+
+def is_image_reference(text: str) -> bool:
+    from .request import is_reference
+    return is_reference(text)
+
+
+#: Checks across options, run after every option parsed (an alias no user may run would
+#: refuse jobs at run time as if the user had asked for a forbidden image).
+RULES: List[Rule] = [
+    Rule(("images_aliases", "images_allowed"), _aliases_allowed,
+         "add the image to [images] allowed or remove the alias"),
+    Rule(("check_image", "images_aliases", "images_allowed"), _check_image_allowed,
+         "name an allowed image or alias"),
+]
+
+
+def parse_text(text: str, path: str = "<string>", problems: Optional[List[ConfigError]] = None) -> Config:
+    """Parse INI text strictly: known sections and keys only, each at most once, every
+    value valid on its own and with the others (``RULES``).
+
+    Raises the first problem as a ConfigError naming the file, line, key and fix; with a
+    ``problems`` list, appends every problem there instead and goes on (a bad value keeps
+    its default), which is what ``torque-docker check`` shows.
+    """
     values = dict(defaults().values)
     origin: Dict[str, str] = {}
+    raw_values: Dict[str, str] = {}
     section: Optional[str] = None
     pending: Optional[Tuple[Option, int, List[str]]] = None
+
+    def fail(error: ConfigError) -> None:
+        if problems is None:
+            raise error
+        problems.append(error)
 
     def finish() -> None:
         if pending is None:
@@ -259,12 +405,13 @@ def parse_text(text: str, path: str = "<string>") -> Config:
         option, lineno, parts = pending
         raw = "\n".join(parts).strip()
         name = f"{option.section}_{option.key}"
+        origin[name] = f"{path}:{lineno}"
+        raw_values[name] = raw
         try:
             values[name] = option.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{path}:{lineno}: [{option.section}] {option.key} = {raw!r}: {exc}",
-                              f"fix the value (default: {option.default or 'empty'})") from None
-        origin[name] = f"{path}:{lineno}"
+            fail(ConfigError(f"{path}:{lineno}: [{option.section}] {option.key} = {raw!r}: {exc}",
+                             f"fix the value (default: {option.default or 'empty'})"))
 
     sections = sorted({o.section for o in OPTIONS})
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -278,37 +425,63 @@ def parse_text(text: str, path: str = "<string>") -> Config:
         pending = None
         if stripped.startswith("["):
             if not stripped.endswith("]"):
-                raise ConfigError(f"{path}:{lineno}: bad section header {stripped!r}", "write it as [name]")
+                fail(ConfigError(f"{path}:{lineno}: bad section header {stripped!r}", "write it as [name]"))
+                section = None
+                continue
             section = stripped[1:-1].strip()
             if section not in sections:
-                raise ConfigError(f"{path}:{lineno}: unknown section [{section}]",
-                                  f"valid sections: {', '.join(sections)}")
+                fail(ConfigError(f"{path}:{lineno}: unknown section [{section}]",
+                                 f"valid sections: {', '.join(sections)}"))
             continue
         key, sep, value = stripped.partition("=")
         key = key.strip()
         if not sep:
-            raise ConfigError(f"{path}:{lineno}: expected 'key = value', got {stripped!r}",
-                              "write options as key = value under a [section]")
+            fail(ConfigError(f"{path}:{lineno}: expected 'key = value', got {stripped!r}",
+                             "write options as key = value under a [section]"))
+            continue
         if section is None:
-            raise ConfigError(f"{path}:{lineno}: {key!r} is outside any section",
-                              "put it under its [section]")
+            fail(ConfigError(f"{path}:{lineno}: {key!r} is outside any section", "put it under its [section]"))
+            continue
         option = _BY_NAME.get((section, key))
         if option is None and (section, key) in MOVED:
             new_section, new_key = MOVED[(section, key)]
             raise ConfigError(f"{path}:{lineno}: [{section}] {key} has moved to [{new_section}] {new_key}",
                               f"write it as '{new_key} = ...' under [{new_section}] (same form)")
         if option is None:
-            valid = ", ".join(o.key for o in OPTIONS if o.section == section)
-            raise ConfigError(f"{path}:{lineno}: unknown key {key!r} in [{section}]",
-                              f"valid keys there: {valid}")
+            if section in sections:
+                valid = ", ".join(o.key for o in OPTIONS if o.section == section)
+                fail(ConfigError(f"{path}:{lineno}: unknown key {key!r} in [{section}]",
+                                 f"valid keys there: {valid}"))
+            continue
         name = f"{section}_{key}"
         if name in origin:
-            raise ConfigError(f"{path}:{lineno}: [{section}] {key} is set twice (first at {origin[name]})",
-                              "keep one of them")
+            fail(ConfigError(f"{path}:{lineno}: [{section}] {key} is set twice (first at {origin[name]})",
+                             "keep one of them"))
+            continue
         origin[name] = f"{path}:{lineno}"
         pending = (option, lineno, [value.strip()])
     finish()
+    for rule in RULES:
+        problem = rule.problem(values)
+        if problem:
+            name = rule.names[0]
+            option = next(o for o in OPTIONS if f"{o.section}_{o.key}" == name)
+            where = origin.get(name, path)
+            shown = f" = {raw_values[name]!r}" if name in raw_values else ""
+            fail(ConfigError(f"{where}: [{option.section}] {option.key}{shown}: {problem}",
+                             f"{rule.fix} (default: {option.default or 'empty'})"))
     return Config(values, path, origin)
+
+
+def rule_problems(values: Dict[str, Any]) -> List[str]:
+    """The cross-option rules on values already parsed (a Config built in code, not read)."""
+    out = []
+    for rule in RULES:
+        problem = rule.problem(values)
+        if problem:
+            section, _, key = rule.names[0].partition("_")
+            out.append(f"[{section}] {key}: {problem}")
+    return out
 
 
 def config_path(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -332,7 +505,9 @@ def path_from_pbs_home(pbs_home: str) -> str:
 
 
 def load(path: Optional[str] = None) -> Config:
-    """Load the node's config; a missing file means all defaults."""
+    """Load the node's config; a missing file means all defaults. Every value is checked
+    here, so a site's mistake stops a hook as a ConfigError (a node fault, never blamed on
+    the job's user) before any job-time code can misread it."""
     path = path or config_path()
     try:
         text = Path(path).read_text()
@@ -341,6 +516,32 @@ def load(path: Optional[str] = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}", "check the file's permissions") from None
     return parse_text(text, path)
+
+
+def lenient(path: Optional[str] = None) -> Config:
+    """What can be read of a config that does not load: every valid value, defaults for
+    the rest. Only for reporting a ConfigError (the admin log, the attempts count), never
+    to run a job with."""
+    path = path or config_path()
+    try:
+        return parse_text(Path(path).read_text(), path, [])
+    except OSError:
+        return Config(defaults().values, path)
+
+
+def check_file(path: Optional[str] = None) -> Tuple[Optional[Config], List[ConfigError]]:
+    """Every problem of the config file at once (for ``torque-docker check``), and the
+    Config when there are none."""
+    path = path or config_path()
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return Config(defaults().values, path), []
+    except OSError as exc:
+        return None, [ConfigError(f"cannot read {path}: {exc}", "check the file's permissions")]
+    problems: List[ConfigError] = []
+    cfg = parse_text(text, path, problems)
+    return (None if problems else cfg), problems
 
 
 def render_defaults() -> str:

@@ -1,13 +1,25 @@
 """One root exception, and subclasses that say whose fault a failure is.
 
 Torque gives an exit code a meaning (docs/torque-facts.md): on the mother superior 1 aborts
-the job, anything else requeues it, and a sister's non-zero marks the NODE down. So the
-first thing any failure must say is whether the user can fix it (abort, never requeue),
-or the node is at fault (requeue, bounded). `cli.py` is the only place that turns these
+the job, anything else requeues it, and a sister's non-zero marks the NODE down. So every
+failure says two things:
+
+- ``user_error``: the job's own request or image is at fault. The MS aborts the job with
+  the reason (exit 1, never requeued); a sister leaves it to the MS (exit 0).
+- ``node_fault``: the node itself is broken (Docker not answering, disk full, its config
+  or site secret wrong). Only such a failure may make a sister exit non-zero and so take
+  the node down.
+
+Everything else (an image's sshd that never answers, a port range another user's
+processes hold, Docker refusing one container's settings, a bug) is neither proven: a
+sister exits 0 and the MS, which probes every sister container, finds the container
+missing and requeues a bounded number of times, then explains. Whatever a user can cause
+must therefore never be a ``node_fault``. `cli.py` is the only place that turns these
 into exit codes; everything else raises.
 """
 from __future__ import annotations
 
+import errno
 import unicodedata
 
 
@@ -37,6 +49,8 @@ class TorqueDockerError(Exception):
 
     #: True when the job's own request is at fault: abort, never requeue.
     user_error = False
+    #: True when the node itself is broken; only then may a sister fail (node DOWN).
+    node_fault = False
 
     def __init__(self, message: str, fix: str = "") -> None:
         message, fix = printable(message), printable(fix)
@@ -63,17 +77,47 @@ class PolicyError(TorqueDockerError):
 class ImageError(TorqueDockerError):
     """The image cannot be used (missing, unpullable, no sshd); user_error decides who fixes it."""
 
-    def __init__(self, message: str, fix: str = "", *, user_error: bool = True) -> None:
+    def __init__(self, message: str, fix: str = "", *, user_error: bool = True, node_fault: bool = False) -> None:
         super().__init__(message, fix)
         self.user_error = user_error
+        self.node_fault = node_fault
 
 
 class ConfigError(TorqueDockerError):
-    """The node's configuration (config file, secret, templates) is wrong: the admin's to fix."""
+    """The node's configuration (config file, secret, templates) is wrong: the admin's to fix.
+
+    Never the user's: a job is not refused as if it had asked for something wrong."""
+
+    node_fault = True
 
 
 class NodeFault(TorqueDockerError):
-    """Something on the node failed (Docker down, ports exhausted, sshd not answering)."""
+    """The node itself failed: Docker not answering, no space left, a lock held by a hung
+    process. Raise it only for what no user can bring about (see the module docstring)."""
+
+    node_fault = True
+
+
+class ContainerFault(TorqueDockerError):
+    """A job's container did not come up for a cause the job may have brought as much as
+    the node (an sshd that never answers, candidate ports held by someone's processes,
+    Docker refusing one container's settings): never takes a node down; the MS requeues
+    the job a bounded number of times, then explains."""
+
+
+#: errno values that say the node is out of something or broken, whoever asked.
+NODE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM,
+                         errno.EMFILE, errno.ENFILE})
+
+
+def is_node_fault(error: BaseException) -> bool:
+    """May this failure take the node down (a sister's non-zero exit)? Only when the node
+    itself is proven broken; anything a job or another user could cause is left to the MS."""
+    if isinstance(error, TorqueDockerError):
+        return error.node_fault and not error.user_error
+    if isinstance(error, OSError):
+        return error.errno in NODE_ERRNOS
+    return isinstance(error, MemoryError)
 
 
 class NotOurs(Exception):
@@ -86,3 +130,10 @@ def no_sshd(image: str, sshd_path: str) -> ImageError:
                       "install openssh-server and openssh-client in the image "
                       "(Debian/Ubuntu: apt-get install openssh-server openssh-client), "
                       "or ask the admin to set [ssh] sshd_path")
+
+
+def sshd_exited(image: str, sshd_path: str, logs: str) -> ImageError:
+    """The image's sshd ended at start, as the job user, before it answered: the image's to fix."""
+    return ImageError(f"{sshd_path} in image {image} exited at start (container log: {logs[-300:] or 'empty'})",
+                      f"the image's sshd must run as a non-root user with the job's sshd_config; "
+                      f"the admin can show why with 'torque-docker check --image {image}'")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .errors import NodeFault, RequestError
+from .errors import ContainerFault, NodeFault, RequestError
 
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC = 0x2, 0x4, 0x1000, 0x4000
 MNT_DETACH, UMOUNT_NOFOLLOW = 0x2, 0x8
@@ -141,8 +141,14 @@ def _mount(source: Optional[str], target: str, fstype: Optional[str], flags: int
 
 
 def bind_pinned(pinned: Pinned, target: Path) -> None:
-    """Bind-mount the pinned directory (with what is mounted below it, as Docker would) on target."""
-    _mount(pinned.proc_path, str(target), None, MS_BIND | MS_REC, None)
+    """Bind-mount the pinned directory (with what is mounted below it, as Docker would) on target.
+
+    The source is a user's directory, and what the user put there (or mounted there) can make
+    the mount fail: never a proven fault of the node (a sister's would take the node down)."""
+    try:
+        _mount(pinned.proc_path, str(target), None, MS_BIND | MS_REC, None)
+    except NodeFault as exc:
+        raise ContainerFault(exc.message, exc.fix) from None
 
 
 def mount_tmpfs(target: Path, size: str, mode: int) -> None:

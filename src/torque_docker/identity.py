@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .errors import NodeFault, PolicyError
+from .errors import ContainerFault, NodeFault, PolicyError
 from .hostpath import Pinned
 
 
@@ -104,10 +104,11 @@ def reachable_dirs(user: UserInfo, paths: Sequence["str | Pinned"]) -> Tuple[boo
             user=user.uid, group=user.gid, extra_groups=list(user.gids), cwd="/", env={"PATH": "/bin:/usr/bin"},
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        raise NodeFault(f"cannot check paths as {user.name}: {exc}") from None
+        # Run as the user: the user's own limits (processes, memory) can make it fail.
+        raise ContainerFault(f"cannot check paths as {user.name}: {exc}") from None
     answers = result.stdout.split()
     if result.returncode != 0 or len(answers) != len(paths):
-        raise NodeFault(f"cannot check paths as {user.name}: {result.stderr.strip()[:200]}")
+        raise ContainerFault(f"cannot check paths as {user.name}: {result.stderr.strip()[:200]}")
     return tuple(a == "1" for a in answers)
 
 

@@ -3,9 +3,19 @@
 Sisters finish their prologue before the mother superior's starts and cannot send it
 anything (docs/torque-facts.md). Everything the MS needs to know about a sister's containers
 except the port each one finally took is therefore computed, on every node alike, as
-HMAC-SHA256(site secret, purpose | job id | ...): the job's user key pair, the sshd host
-key, the banner token, and the candidate ports. HMAC keeps one job's keys from saying
-anything about another's, and the secret file is root-only like munge.key.
+HMAC-SHA256(site secret, purpose, job id, user, group, mother superior, ...): the job's
+user key pair, the sshd host key, the banner token, and the candidate ports. HMAC keeps
+one job's keys from saying anything about another's, and the secret file is root-only
+like munge.key.
+
+Job ids repeat (a new pbs_server database starts again at 0, ``next_job_number`` can be
+reset, ids wrap around), so the id alone would hand a later job of ANOTHER user the keys
+of an earlier one: whoever kept job 1234.srv's key could log into the next 1234.srv.
+Every derivation therefore binds the id to the job's user and group (pbs_mom's ``$2`` and
+``$3``) and its mother superior (``PBS_MSHOST``): what every node of the job is told
+identically before any container starts (prolog.c: setup_pelog_arguments,
+setup_pelog_environment). The parts are length-prefixed, so no two different jobs can
+spell the same message.
 """
 from __future__ import annotations
 
@@ -15,12 +25,15 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Tuple
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .torque import HookContext
 
 SECRET_BYTES = 32
 
@@ -65,9 +78,39 @@ def fingerprint(secret: bytes) -> str:
     return "SHA256:" + hashlib.sha256(b"torque-docker fingerprint|" + secret).hexdigest()[:16]
 
 
-def _derive(secret: bytes, *parts: object) -> bytes:
-    message = "|".join(str(p) for p in parts).encode()
-    return hmac.new(secret, message, hashlib.sha256).digest()
+@dataclass(frozen=True)
+class JobIdentity:
+    """What every node of one job knows identically when its prologue runs, and what the
+    keys are bound to: the job id, user, group (pbs_mom's $1-$3) and the mother superior."""
+
+    jobid: str
+    user: str
+    group: str
+    mshost: str = ""
+
+    @classmethod
+    def of(cls, ctx: "HookContext") -> "JobIdentity":
+        return cls(ctx.jobid, ctx.user, ctx.group, (ctx.environ or {}).get("PBS_MSHOST", ""))
+
+    def parts(self) -> Tuple[str, str, str, str]:
+        return (self.jobid, self.user, self.group, self.mshost)
+
+
+DOMAIN = b"torque-docker job secrets v2"
+
+
+def derivation_message(purpose: str, job: JobIdentity, *extra: object) -> bytes:
+    """The HMAC input: each part as a 4-byte length and its bytes, so that no two different
+    (purpose, job, ...) tuples give the same message (a '|' inside a name cannot shift fields)."""
+    out = [DOMAIN]
+    for part in (purpose, *job.parts(), *extra):
+        data = str(part).encode("utf-8", "surrogateescape")
+        out.append(len(data).to_bytes(4, "big") + data)
+    return b"".join(out)
+
+
+def _derive(secret: bytes, purpose: str, job: JobIdentity, *extra: object) -> bytes:
+    return hmac.new(secret, derivation_message(purpose, job, *extra), hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)
@@ -93,23 +136,27 @@ class JobSecrets:
     token: str
 
     @classmethod
-    def derive(cls, secret: bytes, jobid: str) -> "JobSecrets":
+    def derive(cls, secret: bytes, job: JobIdentity) -> "JobSecrets":
+        if not isinstance(job, JobIdentity):
+            raise TypeError("JobSecrets.derive needs a JobIdentity (a job id alone repeats)")
         return cls(
-            user_key=_keypair(_derive(secret, "user-key", jobid), f"torque-docker-{jobid}"),
-            host_key=_keypair(_derive(secret, "host-key", jobid), f"torque-docker-host-{jobid}"),
-            token="td" + _derive(secret, "token", jobid).hex()[:20],
+            user_key=_keypair(_derive(secret, "user-key", job), f"torque-docker-{job.jobid}"),
+            host_key=_keypair(_derive(secret, "host-key", job), f"torque-docker-host-{job.jobid}"),
+            token="td" + _derive(secret, "token", job).hex()[:20],
         )
 
 
-def candidate_ports(secret: bytes, jobid: str, node_index: int, slot: int, port_range: Tuple[int, int],
+def candidate_ports(secret: bytes, job: JobIdentity, node_index: int, slot: int, port_range: Tuple[int, int],
                     count: int) -> List[int]:
     """Distinct pseudo-random ports for one container, the same on the MS and on the node."""
+    if not isinstance(job, JobIdentity):
+        raise TypeError("candidate_ports needs a JobIdentity (a job id alone repeats)")
     lo, hi = port_range
     span = hi - lo + 1
     ports: List[int] = []
     counter = 0
     while len(ports) < min(count, span):
-        value = int.from_bytes(_derive(secret, "port", jobid, node_index, slot, counter)[:4], "big")
+        value = int.from_bytes(_derive(secret, "port", job, node_index, slot, counter)[:4], "big")
         port = lo + value % span
         if port not in ports:
             ports.append(port)

@@ -21,13 +21,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resources, seccomp
 from .config import Config, resolve_address
-from .errors import ConfigError, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError, no_sshd
+from .errors import (ConfigError, ContainerFault, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError,
+                     no_sshd, sshd_exited)
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
 from .log import Log
 from .request import JobRequest, Mount, is_reference, parse_resource_list, request_from_resource_list
 from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
 from .state import NodeState, ensure_dir, write_file, write_in_place
-from .torque import HookContext, check_identity, read_nodefile, safe_jobid
+from .torque import HookContext, assigned_hosts, check_identity, safe_jobid
 
 CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
 STARTER_RECORD = "starter.json"  # the job starter's record, in the job directory (root's)
@@ -80,19 +81,26 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     gpus.refuse_requested(parse_resource_list(ctx.resource_list))
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
-    secrets_ = keys.JobSecrets.derive(secret, ctx.jobid)
+    identity = keys.JobIdentity.of(ctx)          # job ids repeat: bind the keys to who runs it
+    secrets_ = keys.JobSecrets.derive(secret, identity)
 
     def ports(node_index: int, slot: int) -> List[int]:
-        return keys.candidate_ports(secret, ctx.jobid, node_index, slot, cfg.network_port_range,
+        return keys.candidate_ports(secret, identity, node_index, slot, cfg.network_port_range,
                                     cfg.network_port_candidates)
 
     requested = parse_resource_list(ctx.resource_list)
+    note = ""
     if ctx.is_ms:
-        hosts = read_nodefile(Path(ctx.nodefile).read_text())
+        # What the server assigned (exec_host), never the nodefile, which the job's own
+        # variables can fill (BEOWULF_JOB_MAP); the nodefile is rewritten from the plan.
+        hosts = assigned_hosts(ctx)
+        note = nodefile_note(ctx, hosts)
         nodes = plan.plan_job(ctx.jobid, hosts, model, ports)
         local = nodes[0]
         slots_here: Optional[int] = len(local.containers[0].nodefile_slots) if model == "node" else len(local.containers)
         num_nodes = len(nodes)
+        for node in nodes[1:]:   # a limit Docker refuses on a sister: the user hears it from here
+            resources.memory_limit(requested, model, sum(len(c.nodefile_slots) for c in node.containers), num_nodes)
     else:
         try:
             slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.environ)
@@ -150,7 +158,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         fit_login_shell(runtime, state, ctx.jobid, user, str(started[0]["id"]))
         timer.step("start")
         if ctx.is_ms:
-            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference)
+            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference,
+                        assigned=hosts)
         write_starter_file(state, ctx.jobid, user, cfg, run if ctx.is_ms else "sister",
                            alias=str(started[0]["alias"]), path=runtime.image_path(reference),
                            usage_table=model == "process" or cfg.log_verbose, image=reference, model=model,
@@ -159,7 +168,9 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
                  else f"{len(started)} container(s)")
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {shown} ({image_id[:19]}), model {model}, run {run}, "
-                         f"{where}, ready in {timer.total:.1f} s")
+                         f"{where}, ready in {timer.total:.1f} s") + (f"\ntorque-docker: job {ctx.jobid}: {note}" if note else "")
+        if note:
+            log.warning(ctx.jobid, note)
         log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")
         if ctx.is_ms:
             state.forget_attempts(ctx.jobid)
@@ -171,6 +182,20 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         raise
     finally:
         hostpath.close_all([b.pin for b in binds])
+
+
+def nodefile_note(ctx: HookContext, assigned: Sequence[str]) -> str:
+    """A word for the job when pbs_mom's nodefile was not the assigned slots (the job set
+    BEOWULF_JOB_MAP): it is replaced anyway, this only says why it changed."""
+    try:
+        lines = [line.strip() for line in Path(ctx.nodefile).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    # pbs_mom's $nodefile_suffix may follow each host name.
+    if len(lines) == len(assigned) and all(line.startswith(host) for line, host in zip(lines, assigned)):
+        return ""
+    return (f"the nodefile pbs_mom wrote ({len(lines)} line(s), from BEOWULF_JOB_MAP?) is not the "
+            f"{len(assigned)} slot(s) the server assigned; the job gets the assigned slots")
 
 
 def sweep_node(cfg: Config, ctx: HookContext, runtime: Runtime, log: Log) -> None:
@@ -316,7 +341,7 @@ def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: 
     elif not present and "@sha256:" in image.reference:
         raise ImageError(f"pinned image {image.reference} is not on node {cfg.node_name()} and the site does "
                          f"not pull images", f"stage it on this node: torque-docker stage {image.reference}",
-                         user_error=not pinned_fault)
+                         user_error=not pinned_fault, node_fault=pinned_fault)
     elif not present:
         raise ImageError(f"image {image.reference} is not on this node and the site does not pull images",
                          "ask the admin to stage it with 'torque-docker stage IMAGE'")
@@ -434,7 +459,10 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
             if problem and target != user.home:
                 raise PolicyError(f"{source} {problem}", "mount a data directory of your own instead")
         ok = reachable_dirs(user, pins)
-        for (source, target, read_only, missing), pinned, reachable in zip(wanted, pins, ok):
+        for n, ((source, target, read_only, missing), pinned, reachable) in enumerate(zip(wanted, pins, ok)):
+            if not reachable and n == 0:    # the home is there, but closed to its owner: the user's doing
+                raise RequestError(f"your home directory {user.home} cannot be read by you ({user.name})",
+                                   "let yourself in again: chmod u+rx ~")
             if not reachable:
                 raise missing
             binds.append(Bind(source, target, read_only, pinned))
@@ -613,7 +641,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                                      user_error=True)
                 return {"id": ident, "name": container.name, "alias": container.alias, "port": port,
                         "slot": container.slot, "address": address}
-            except NodeFault as exc:
+            except ContainerFault as exc:
                 logs = runtime.logs(ident)
                 runtime.remove(ident)
                 state.release_ports(ctx.jobid, [f"{address}:{port}"])
@@ -622,7 +650,9 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                     continue   # somebody took the port between our check and sshd's bind
                 if f"exec {cfg.ssh_sshd_path} failed" in logs or "executable file not found" in logs:
                     raise no_sshd(image, cfg.ssh_sshd_path) from None
-                raise NodeFault(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
+                if isinstance(exc, probe.SshdExited) and not busy:
+                    raise sshd_exited(image, cfg.ssh_sshd_path, logs) from None
+                raise type(exc)(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
 
     results: List[Dict[str, object]] = [one(first)]     # the others join its IPC namespace
     containers = list(local.containers[1:])
@@ -735,7 +765,7 @@ def container_tmpfs(volumes: Sequence[str], binds: Sequence[Tuple[str, str, bool
 # --------------------------------------------------------------------------- MS: connect the nodes
 def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo, nodes: Sequence[plan.NodePlan],
                 local_started: Sequence[Dict[str, object]], address: str, secrets_: keys.JobSecrets,
-                timer: Timer, image_id: str = "", image: str = "") -> None:
+                timer: Timer, image_id: str = "", image: str = "", *, assigned: Sequence[str]) -> None:
     """Find where every sister container listens, write the SSH files, push them, rewrite the nodefile."""
     endpoints: Dict[str, Tuple[str, int]] = {str(c["alias"]): (address, int(c["port"])) for c in local_started}
     targets: Dict[str, Tuple[str, Sequence[int]]] = {}
@@ -745,12 +775,18 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
             targets[container.alias] = (node_address, container.candidates,
                                         probe.container_token(secrets_.token, node.index, container.slot))
     if targets:
-        found = probe.find_ports(targets, time.monotonic() + min(15.0, cfg.ssh_ready_timeout))
+        # Sisters answered before their prologue.parallel ended, and all ended before this
+        # one began: a short deadline only covers a slow network.
+        found = probe.find_ports(targets, time.monotonic() + min(5.0, cfg.ssh_ready_timeout),
+                                 host_key=secrets_.host_key.public_openssh)
         missing = sorted(set(targets) - set(found))
         if missing:
             hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})
-            raise NodeFault(f"no container of this job answers on {', '.join(hosts)}",
-                            "see the torque-docker log on that node (its prologue.parallel failed to start it)")
+            # A sister leaves what the job may have caused to this node (its exit would have
+            # taken the node down): the cause is in that node's admin log.
+            raise ContainerFault(f"the job's container on {', '.join(hosts)} did not start "
+                                 f"(its torque-docker log says why)",
+                                 "if it happens again, ask the admin to look at that node's torque-docker log")
         # Every node must run exactly the MS's image: the sisters announce theirs in the banner.
         mine = image_tag(image_id)
         for alias, (port, theirs) in found.items():
@@ -782,9 +818,10 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     write_in_place(ctr / "hosts-launcher",
                    render.hosts_text([(c["address"], c["alias"]) for c in ordered if c["alias"] not in siblings],
                                      here))
-    original = Path(ctx.nodefile).read_text()
-    hosts = read_nodefile(original)
-    rewritten = render.rewrite_nodefile(hosts, plan.slot_alias(nodes))
+    original = Path(ctx.nodefile).read_text(errors="replace")
+    # From the plan (the slots the server assigned), never from pbs_mom's nodefile, which
+    # the job's own variables can fill (BEOWULF_JOB_MAP).
+    rewritten = render.rewrite_nodefile(assigned, plan.slot_alias(nodes))
     # Containers of a node share its job directory: one push per sister node is enough. The
     # nodefile goes too: TM tasks find their slot's container in it on every node. The hosts
     # file carries this node's /etc/hosts lines to the sisters: a cluster's nodes resolve

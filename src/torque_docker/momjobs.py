@@ -157,8 +157,74 @@ def parse_job_file(data: bytes) -> JobFile:
     return JobFile(jobid, _unescape(prefixes[0]).strip() if prefixes else "")
 
 
-def read_job_file(path: Path) -> JobFile:
-    """Open without following links or blocking (a FIFO), read at most MAX_BYTES, parse."""
+class UserMarkup(BadJobFile):
+    """The job's attributes hold an entity reference libxml2 wrote back verbatim: markup a
+    user may have written, so nothing in them can be believed (see exec_host_of)."""
+
+
+_FOREIGN_ENTITY = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});)")
+
+
+def exec_host_of(data: bytes) -> str:
+    """The job's ``exec_host`` (``<attributes><exec_host>``): the slots the server assigned.
+
+    The attributes hold text users write (the environment, paths, name, account), and an
+    entity reference in it is written back verbatim, markup included (parse_job_file): a
+    user could add an ``<exec_host>`` or wrap the real one in an element of their own.
+    libxml2 escapes all other text, so every ``&`` it writes begins a predefined or numeric
+    reference; attributes holding any other ``&`` are refused (UserMarkup). Then every tag
+    in the file is libxml2's and the file is read strictly: balanced, and exactly one
+    ``<exec_host>`` directly in ``<attributes>``. BadJobFile otherwise.
+    """
+    parse_job_file(data)                      # complete, one job id
+    pos = 0
+    declaration = _DECLARATION.match(data)
+    if declaration:
+        pos = declaration.end()
+    stack: List[bytes] = []
+    found: List[str] = []
+    text: Optional[List[bytes]] = None
+    while True:
+        lt = data.find(b"<", pos)
+        if text is not None:
+            text.append(data[pos:] if lt < 0 else data[pos:lt])
+        if lt < 0:
+            break
+        tag = _TAG.match(data, lt)
+        if not tag:
+            raise BadJobFile(f"no well-formed tag at byte {lt}")
+        closing, name, empty = tag.group(1) == b"/", tag.group(2), tag.group(4) == b"/"
+        pos = tag.end()
+        if closing:
+            if not stack or stack[-1] != name:
+                raise BadJobFile(f"</{name.decode()}> does not close the open element")
+            stack.pop()
+            if text is not None and stack == [b"job", _USER_PART]:
+                found.append(_unescape(b"".join(text).decode("utf-8", "surrogateescape")).strip())
+                text = None
+            continue
+        if text is not None:
+            raise BadJobFile("<exec_host> holds elements")
+        if stack == [b"job"] and name == _USER_PART and _FOREIGN_ENTITY.search(data, pos):
+            raise UserMarkup("the job's own text holds an '&NAME;' that pbs_mom wrote into its job file "
+                             "as markup")
+        if stack == [b"job", _USER_PART] and name == b"exec_host":
+            if empty:
+                found.append("")
+                continue
+            text = []
+        if not empty:
+            stack.append(name)
+    if stack:
+        raise BadJobFile("incomplete: the <job> element is not closed")
+    if len(found) != 1:
+        raise BadJobFile(f"{len(found)} <exec_host> elements in <attributes>")
+    return found[0]
+
+
+def read_job_bytes(path: Path) -> bytes:
+    """A job file's bytes: opened without following links or blocking (a FIFO), regular
+    files only, at most MAX_BYTES (and one more chunk, so that parsing refuses a larger one)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -172,7 +238,12 @@ def read_job_file(path: Path) -> JobFile:
             size += len(chunk)
     finally:
         os.close(fd)
-    return parse_job_file(b"".join(chunks))
+    return b"".join(chunks)
+
+
+def read_job_file(path: Path) -> JobFile:
+    """Open without following links or blocking (a FIFO), read at most MAX_BYTES, parse."""
+    return parse_job_file(read_job_bytes(path))
 
 
 # ------------------------------------------------------------------------- the directory

@@ -128,7 +128,16 @@ def check_workdir(workdir: str, forbidden: Sequence[str] = FORBIDDEN_SOURCES) ->
 
 
 def default_mounts(cfg: Config) -> List[Mount]:
-    return [parse_mount(text) for text in cfg.mounts_default]
+    """The site's mounts; the config reader refused bad ones already, and should one get
+    here anyway it is the site's mistake, never the job's (a ConfigError, not a RequestError)."""
+    from .errors import ConfigError, RequestError
+    out = []
+    for text in cfg.mounts_default:
+        try:
+            out.append(parse_mount(text))
+        except RequestError as exc:
+            raise ConfigError(f"[mounts] default {text!r}: {exc.message}", "the admin must fix the config") from None
+    return out
 
 
 def container_ulimits(requested: Sequence[Tuple[str, int, int]], cfg: Config,

@@ -1,18 +1,44 @@
-"""Finding and waiting for a container's sshd by its banner.
+"""Finding and waiting for a container's sshd by its banner, and proving it is the job's.
 
 The banner is the first thing sshd sends, and sshd's command line appends a per-container token to
 it (``VersionAddendum``), so a connect + one read proves "this job's sshd, up and
 accepting" without any key exchange. The mother superior uses the same probe to learn
 which candidate port each sister's container took.
+
+A banner proves nothing to the mother superior, though: anyone who can connect to the
+job's sshd reads its token, and another user on a sister node can answer on the job's
+other candidate ports with the same line. So the MS takes the first candidate, in the
+order the sister tried them, whose banner carries the token AND whose server proves it
+holds the job's host key: one SSH key exchange (curve25519-sha256, RFC 8731) whose
+exchange hash the server signs with its Ed25519 host key (RFC 4253 section 8). No
+authentication follows; the connection is dropped after the signature is checked. A
+fake that replays the public host key cannot sign, and a relay to the real sshd leads
+to the real container.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .errors import NodeFault
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import ContainerFault
+
+
+class SshdExited(ContainerFault):
+    """The container (its sshd) ended before it answered."""
+
+
+class SshdSilent(ContainerFault):
+    """The container runs, but its sshd did not answer in time."""
 
 
 def read_banner(address: str, port: int, timeout: float = 1.0) -> Optional[str]:
@@ -57,36 +83,219 @@ def wait_for_sshd(address: str, port: int, token: str, deadline: float,
         if banner_matches(read_banner(address, port, timeout=1.0), token):
             return
         if not still_running():
-            raise NodeFault(f"sshd in the container exited before answering on {address}:{port}")
+            raise SshdExited(f"sshd in the container exited before answering on {address}:{port}")
         if time.monotonic() >= deadline:
-            raise NodeFault(f"sshd did not answer on {address}:{port} in time",
-                            "the node may be overloaded; raise [ssh] ready_timeout")
+            raise SshdSilent(f"sshd did not answer on {address}:{port} in time",
+                             "the node may be overloaded, or the image's sshd hangs; raise [ssh] ready_timeout")
         time.sleep(interval)
         interval = min(interval * 1.5, 0.25)
 
 
-def find_ports(targets: Dict[str, Tuple[str, Sequence[int], str]],
-               deadline: float) -> Dict[str, Tuple[int, str]]:
-    """For each alias -> (address, candidates, container token): (the candidate whose banner
-    carries that token, the image id it announces).
+# --------------------------------------------------------------------------- host key proof
+KEX_ALGORITHMS = ("curve25519-sha256", "curve25519-sha256@libssh.org")
+HOST_KEY_ALGORITHM = "ssh-ed25519"
+# Offered only so that negotiation can succeed; nothing is ever encrypted with them.
+CIPHERS = ("aes128-ctr", "aes256-ctr", "chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com")
+MACS = ("hmac-sha2-256", "hmac-sha2-512", "hmac-sha2-256-etm@openssh.com", "umac-128-etm@openssh.com")
+CLIENT_VERSION = b"SSH-2.0-torque-docker_probe"
+MSG_DISCONNECT, MSG_IGNORE, MSG_DEBUG, MSG_KEXINIT, MSG_KEX_ECDH_INIT, MSG_KEX_ECDH_REPLY = 1, 2, 4, 20, 30, 31
+MAX_PACKET = 35000          # RFC 4253 6.1: what every implementation must accept
 
-    Sisters' containers were up before the MS prologue started, so one pass normally
+
+def ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def ssh_mpint(data: bytes) -> bytes:
+    """An unsigned big-endian number as an SSH mpint (RFC 4251 section 5)."""
+    data = data.lstrip(b"\0")
+    if data and data[0] & 0x80:
+        data = b"\0" + data
+    return ssh_string(data)
+
+
+def name_list(names: Sequence[str]) -> bytes:
+    return ssh_string(",".join(names).encode())
+
+
+def host_key_blob(public_openssh: str) -> bytes:
+    """``ssh-ed25519 AAAA... comment`` -> the key blob the server sends (K_S)."""
+    return base64.b64decode(public_openssh.split()[1])
+
+
+class _Fields:
+    """Reads SSH wire types from one packet's payload."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, count: int) -> bytes:
+        if self.at + count > len(self.data):
+            raise ValueError("truncated SSH message")
+        out = self.data[self.at:self.at + count]
+        self.at += count
+        return out
+
+    def string(self) -> bytes:
+        return self.take(int.from_bytes(self.take(4), "big"))
+
+    def names(self) -> List[str]:
+        return self.string().decode("ascii", "replace").split(",")
+
+
+class _Wire:
+    """Unencrypted SSH binary packets (before NEWKEYS), over a socket with a deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline, self.buffer = sock, deadline, b""
+
+    def _fill(self, count: int) -> None:
+        while len(self.buffer) < count:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no answer in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            self.buffer += chunk
+
+    def line(self) -> bytes:
+        """The server's identification line (RFC 4253 4.2), other lines before it skipped."""
+        for _ in range(16):
+            while b"\n" not in self.buffer:
+                if len(self.buffer) > 1024:
+                    raise ValueError("no identification line")
+                self._fill(len(self.buffer) + 1)
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            line = line.rstrip(b"\r")
+            if line.startswith(b"SSH-"):
+                return line
+        raise ValueError("no identification line")
+
+    def send(self, payload: bytes) -> None:
+        padding = 8 - (5 + len(payload)) % 8
+        if padding < 4:
+            padding += 8
+        packet = (1 + len(payload) + padding).to_bytes(4, "big") + bytes([padding]) + payload + os.urandom(padding)
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.01))
+        self.sock.sendall(packet)
+
+    def receive(self) -> bytes:
+        """The next payload that is not IGNORE or DEBUG."""
+        while True:
+            self._fill(4)
+            length = int.from_bytes(self.buffer[:4], "big")
+            if not 5 <= length <= MAX_PACKET:
+                raise ValueError(f"bad packet length {length}")
+            self._fill(4 + length)
+            packet, self.buffer = self.buffer[4:4 + length], self.buffer[4 + length:]
+            padding = packet[0]
+            if padding + 1 >= length:
+                raise ValueError("bad padding")
+            payload = packet[1:length - padding]
+            if payload[0] in (MSG_IGNORE, MSG_DEBUG):
+                continue
+            if payload[0] == MSG_DISCONNECT:
+                raise ConnectionError("the server disconnected")
+            return payload
+
+
+def _client_kexinit() -> bytes:
+    return (bytes([MSG_KEXINIT]) + os.urandom(16) + name_list(KEX_ALGORITHMS) + name_list([HOST_KEY_ALGORITHM])
+            + name_list(CIPHERS) * 2 + name_list(MACS) * 2 + name_list(["none"]) * 2 + name_list([]) * 2
+            + b"\0" + bytes(4))
+
+
+def proves_host_key(address: str, port: int, token: str, expected_public: str, timeout: float = 3.0) -> Optional[str]:
+    """Connect, check the banner carries ``token``, run the key exchange and verify that the
+    server signed it with the host key ``expected_public`` (``ssh-ed25519 AAAA...``).
+
+    Returns the banner when all holds, None otherwise (wrong or no key, bad signature,
+    no common algorithm, not SSH, no answer within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    try:
+        expected = host_key_blob(expected_public)
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            wire = _Wire(sock, deadline)
+            sock.sendall(CLIENT_VERSION + b"\r\n")
+            server_version = wire.line()
+            banner = server_version.decode("ascii", "replace")
+            if not banner_matches(banner, token):
+                return None
+            client_kexinit = _client_kexinit()
+            wire.send(client_kexinit)
+            server_kexinit = wire.receive()
+            if server_kexinit[0] != MSG_KEXINIT:
+                return None
+            fields = _Fields(server_kexinit[17:])
+            server_kex, server_host_keys = fields.names(), fields.names()
+            if HOST_KEY_ALGORITHM not in server_host_keys or not any(k in server_kex for k in KEX_ALGORITHMS):
+                return None
+            ephemeral = X25519PrivateKey.generate()
+            q_c = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            wire.send(bytes([MSG_KEX_ECDH_INIT]) + ssh_string(q_c))
+            reply = wire.receive()
+            if reply[0] != MSG_KEX_ECDH_REPLY:
+                return None
+            fields = _Fields(reply[1:])
+            k_s, q_s, signature = fields.string(), fields.string(), fields.string()
+            if k_s != expected:
+                return None
+            shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(q_s))
+            exchange_hash = hashlib.sha256(
+                ssh_string(CLIENT_VERSION) + ssh_string(server_version) + ssh_string(client_kexinit)
+                + ssh_string(server_kexinit) + ssh_string(k_s) + ssh_string(q_c) + ssh_string(q_s)
+                + ssh_mpint(shared)).digest()
+            sig = _Fields(signature)
+            if sig.string() != HOST_KEY_ALGORITHM.encode():
+                return None
+            key = _Fields(k_s)
+            key.string()
+            Ed25519PublicKey.from_public_bytes(key.string()).verify(sig.string(), exchange_hash)
+            return banner
+    except (OSError, ValueError, InvalidSignature, IndexError):
+        return None
+
+
+def find_ports(targets: Dict[str, Tuple[str, Sequence[int], str]], deadline: float,
+               host_key: str, proof_timeout: float = 3.0) -> Dict[str, Tuple[int, str]]:
+    """For each alias -> (address, candidates, container token): (the port of the job's
+    container, the image id it announces).
+
+    That port is the FIRST candidate, in the order the node tried them, whose banner
+    carries the container's token and whose server proves it holds the job's host key
+    (``proves_host_key``); a fake answer on another candidate is passed over, wherever it
+    is. Sisters' containers were up before the MS prologue started, so one pass normally
     finds them all; retries cover a slow node until the deadline. Returns only the found.
     """
     found: Dict[str, Tuple[int, str]] = {}
 
-    def probe(item: Tuple[str, str, int, str]) -> Tuple[str, int, Optional[str]]:
+    def banner_of(item: Tuple[str, str, int, str]) -> Tuple[str, int, bool]:
         alias, address, port, token = item
-        banner = read_banner(address, port, timeout=1.0)
-        return alias, port, banner if banner_matches(banner, token) else None
+        return alias, port, banner_matches(read_banner(address, port, timeout=1.0), token)
+
+    def choose(alias: str, answering: Sequence[int]) -> Tuple[str, Optional[int], str]:
+        address, _, token = targets[alias]
+        for port in answering:                      # in candidate order: the first proven wins
+            banner = proves_host_key(address, port, token, host_key, proof_timeout)
+            if banner:
+                return alias, port, banner
+        return alias, None, ""
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         while True:
-            work = [(alias, address, port, token) for alias, (address, ports, token) in targets.items()
-                    if alias not in found for port in ports]
-            for alias, port, banner in pool.map(probe, work):
-                if banner:
-                    found[alias] = (port, banner_image(banner))
+            pending = [alias for alias in targets if alias not in found]
+            work = [(alias, targets[alias][0], port, targets[alias][2]) for alias in pending
+                    for port in targets[alias][1]]
+            answering: Dict[str, List[int]] = {alias: [] for alias in pending}
+            for alias, port, matches in pool.map(banner_of, work):   # map keeps candidate order
+                if matches:
+                    answering[alias].append(port)
+            for alias, proven, banner in pool.map(lambda a: choose(a, answering[a]),
+                                                  [a for a in pending if answering[a]]):
+                if proven is not None:
+                    found[alias] = (proven, banner_image(banner))
             if len(found) == len(targets) or time.monotonic() >= deadline:
                 return found
             time.sleep(0.2)

@@ -39,10 +39,14 @@ def explanation(jobid: str, error: BaseException, attempts: int = 0) -> str:
         reason, fix = f"internal error: {error!r}", "tell the admin; this is a bug in torque-docker"
     reason, fix, jobid = printable(reason), printable(fix), printable(jobid)
     head = f"torque-docker: job {jobid} was not started: {reason}"
+    node_side = isinstance(error, TorqueDockerError) and error.node_fault and not error.user_error
     if attempts:
-        head += f" (node fault, {attempts} attempts)"
+        head += f" ({'node fault, ' if node_side else ''}{attempts} attempts)"
     lines = [head]
-    if fix:
+    if node_side:    # the site's or the node's mistake: never worded as the user's to fix
+        lines.append("torque-docker: this is a fault of the node or of the site's set-up, not of your job; "
+                     "tell the admin" + (f", whose fix is: {fix}" if fix else ""))
+    elif fix:
         lines.append(f"torque-docker: what to do: {fix}")
     lines.append("torque-docker: the job script did not run.")
     return "\n".join(lines) + "\n"

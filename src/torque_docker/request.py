@@ -30,7 +30,7 @@ _REFERENCE = re.compile(
     re.ASCII,
 )
 MAX_REFERENCE = 255     # Docker's limit on a repository name
-_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", re.ASCII)
+ALIAS = _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", re.ASCII)   # a site alias users may write
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,27 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2) or "b"]
 
 
+#: Docker refuses a container memory limit below 6 MB ("Minimum memory limit allowed is
+#: 6MB", daemon/daemon_unix.go linuxMinMemory).
+DOCKER_MIN_MEMORY = 6 * 1024 ** 2
+
+
 def memory_limit(resources: Mapping[str, str], model: str, slots_here: int, num_nodes: int) -> Optional[int]:
-    """Bytes for one container: pmem per slot, else mem spread over the job's nodes."""
+    """Bytes for one container: pmem per slot, else mem spread over the job's nodes.
+
+    A limit Docker would refuse is the request's mistake, refused here on every node
+    before anything starts (a sister must never fail for it: that takes its node down)."""
     if resources.get("pmem"):
         per_slot = parse_size(resources["pmem"])
-        return per_slot if model == "process" else per_slot * max(slots_here, 1)
-    if resources.get("mem"):
+        limit = per_slot if model == "process" else per_slot * max(slots_here, 1)
+        asked = f"pmem={resources['pmem']}"
+    elif resources.get("mem"):
         per_node = parse_size(resources["mem"]) // max(num_nodes, 1)
-        return per_node // max(slots_here, 1) if model == "process" else per_node
-    return None
+        limit = per_node // max(slots_here, 1) if model == "process" else per_node
+        asked = f"mem={resources['mem']}"
+    else:
+        return None
+    if limit < DOCKER_MIN_MEMORY:
+        raise RequestError(f"{asked} gives each container {limit} bytes of memory; Docker needs at least 6 MiB",
+                           "ask for pmem=6mb or more per slot (mem= is shared by all the job's containers)")
+    return limit

@@ -19,11 +19,14 @@ from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
 from . import limits
-from .errors import ImageError, NodeFault, no_sshd
+from .errors import ContainerFault, ImageError, NodeFault, no_sshd
 
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
 L_JOB, L_HOST, L_NODE, L_SLOT = f"{LABEL}.job", f"{LABEL}.host", f"{LABEL}.node-index", f"{LABEL}.slot"
 L_ALIAS, L_USER, L_PORT = f"{LABEL}.alias", f"{LABEL}.user", f"{LABEL}.port"
+#: Words of a Docker error that say the node itself is short of something or broken.
+NODE_TROUBLE = ("no space left on device", "read-only file system", "input/output error", "too many open files",
+                "disk quota exceeded", "connection refused", "cannot connect to the docker daemon")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # Docker's own default
 
 
@@ -125,8 +128,16 @@ class Runtime:
                              user_error=False)
         if "error" in result:
             exc = result["error"]
-            user = isinstance(exc, (ImageNotFound, NotFound)) or "not found" in str(exc).lower() \
-                or "denied" in str(exc).lower()
+            text = str(exc).lower()
+            if "no such host" in text:       # the name's registry part does not resolve: the name is wrong
+                raise ImageError(f"image {reference} cannot be pulled: its registry does not resolve ({_short(exc)})",
+                                 "check the image name (its part before the first '/' is the registry "
+                                 "when it holds a dot or a port), or ask the admin to stage it") from None
+            # The name is wrong, or the user may not have it: the user's to fix. Anything else
+            # (registry down, a timeout) is nobody's proven fault: requeued, never a node down.
+            user = isinstance(exc, (ImageNotFound, NotFound)) or any(
+                word in text for word in ("not found", "denied", "unauthorized", "manifest unknown",
+                                          "does not exist", "invalid reference format"))
             raise ImageError(f"image {reference} is not on this node and cannot be pulled ({_short(exc)})",
                              "check the name and tag, or ask the admin to stage it", user_error=user) from None
         return self.image_id(reference) or ""
@@ -284,7 +295,12 @@ class Runtime:
                                 f"({limits.show(spec.ulimits)}): {text}",
                                 "let dockerd raise them (docker.service: LimitMEMLOCK=infinity, LimitNOFILE=..., "
                                 "and CAP_SYS_RESOURCE), or lower [limits] ulimits / user_max") from None
-            raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
+            if any(word in text.lower() for word in NODE_TROUBLE):
+                raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
+            # Docker refused THIS container (its settings, the image's file system against
+            # what the job mounts): what the job brings can cause it, so never a node down.
+            raise ContainerFault(f"Docker could not start container {spec.name}: {text}",
+                                 "if the image or the request is unusual, try another; else tell the admin") from None
         except DockerException as exc:
             raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None
 
@@ -299,11 +315,10 @@ class Runtime:
             raise NodeFault(f"Docker failed to look into container {ident[:12]}: {_short(exc)}") from None
         except OSError as exc:
             raise NodeFault(f"Docker failed to look into container {ident[:12]}: {exc}") from None
-        if response.status_code == 404:
-            return False
-        if response.status_code >= 400:
-            raise NodeFault(f"Docker failed to look into container {ident[:12]}: HTTP {response.status_code}")
-        return True
+        # Anything but a plain answer is "not usable here": an image can make Docker fail on
+        # its own paths (a symlink loop answers HTTP 500), and what an image does must never
+        # be a fault of the node (a sister's NodeFault takes the node down).
+        return response.status_code == 200
 
     def state(self, ident: str) -> Tuple[str, Optional[int]]:
         """(status, exit code) of a container; ('gone', None) when it no longer exists."""

@@ -3,10 +3,16 @@
 It lives in the configured state_dir, never in ``$PBS_HOME/aux`` (pbs_mom deletes
 unknown files there at start-up). Port allocation is serialised with a file lock so
 concurrent jobs on one node never pick the same port.
+
+Locks: ``flock`` needs nothing but an open descriptor, and read access is enough to get
+one, so a lock file any user can open is a lock any user can hold (and stall every
+prologue on the node). Every lock (ports, cores, attempts, images) is a 0600 file in
+``<state_dir>/locks``, a root-only 0700 directory, opened without following links.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -15,12 +21,95 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
-from .errors import NodeFault
+from .errors import ContainerFault, NodeFault
 from .torque import safe_jobid
 
 LOCK_TIMEOUT = 30.0
+LOCK_DIR = "locks"
+
+
+class LockTimeout(Timeout):
+    """The lock stayed held past its bound (a filelock Timeout, which callers already catch)."""
+
+
+def open_lock_file(path: "str | Path") -> int:
+    """A lock file's descriptor: created 0600, opened without following links or blocking;
+    an existing file of another owner or a wider mode (an older version's, made under umask
+    022) is made root's 0600 first, so nobody else can open it any more."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NodeFault(f"the lock {path} is not a regular file", "remove it")
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            os.fchown(fd, os.geteuid(), os.getegid())
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class NodeLock:
+    """An exclusive ``flock`` on a root-only file, bounded in time; re-entrant in one object.
+
+    The file is created 0600 and opened with O_NOFOLLOW; an existing file of the wrong
+    owner or mode (made by an older version under umask 022) is set to root 0600 before
+    it is used, so no one else can open it any more.
+    """
+
+    def __init__(self, path: "str | Path", timeout: float = LOCK_TIMEOUT) -> None:
+        self.lock_file = str(path)
+        self.timeout = timeout
+        self._fd: Optional[int] = None
+        self._depth = 0
+
+    @property
+    def is_locked(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "NodeLock":
+        if self._fd is not None:
+            self._depth += 1
+            return self
+        fd = open_lock_file(self.lock_file)
+        try:
+            deadline = time.monotonic() + max(self.timeout, 0)
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(self.lock_file) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._depth = fd, 1
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "NodeLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _refuse_foreign_dir(directory: Path) -> None:
@@ -99,6 +188,11 @@ class NodeState:
     def ensure(self) -> None:
         for sub in ("", "jobs"):
             ensure_dir(self.root / sub, 0o755)
+        self.lock_dir()
+
+    def lock_dir(self) -> Path:
+        """Root-only: nobody else may open (so flock) a lock file (see the module docstring)."""
+        return ensure_dir(self.root / LOCK_DIR, 0o700, os.geteuid(), os.getegid())
 
     # ---- per-job directory ------------------------------------------------
     def job_dir(self, jobid: str) -> Path:
@@ -168,16 +262,16 @@ class NodeState:
                 write_file(path, json.dumps(kept), 0o600)
 
     # ---- images -----------------------------------------------------------
-    def image_lock(self, key: str, timeout: float) -> FileLock:
+    def image_lock(self, key: str, timeout: float) -> NodeLock:
         """The per-node lock on one image: concurrent pulls or loads of it wait, not repeat."""
         import hashlib
-        locks = ensure_dir(self.root / "locks", 0o755)
         name = hashlib.sha256(key.encode()).hexdigest()[:20]
-        return FileLock(str(locks / f"image-{name}.lock"), timeout=timeout)
+        return NodeLock(self.lock_dir() / f"image-{name}.lock", timeout=timeout)
 
     # ---- ports ------------------------------------------------------------
-    def _lock(self) -> FileLock:
-        return FileLock(str(self.root / "node.lock"), timeout=LOCK_TIMEOUT)
+    def _lock(self) -> NodeLock:
+        """The node lock: ports, cores and attempts tables."""
+        return NodeLock(self.lock_dir() / "node.lock", timeout=LOCK_TIMEOUT)
 
     def reserve_port(self, jobid: str, address: str, candidates: Sequence[int], skip: Iterable[int] = ()) -> int:
         """Take the first candidate no job holds and nothing listens on; record it for jobid."""
@@ -194,10 +288,11 @@ class NodeState:
                     write_file(path, json.dumps(table, indent=0, sort_keys=True), 0o600)
                     return port
         except Timeout:
-            raise NodeFault(f"the port lock {self.root / 'node.lock'} is held for over {LOCK_TIMEOUT:.0f} s",
+            raise NodeFault(f"the node lock {self.root / LOCK_DIR / 'node.lock'} is held for over {LOCK_TIMEOUT:.0f} s",
                             "look for a hung torque-docker process on this node") from None
-        raise NodeFault(f"none of the job's {len(candidates)} candidate ports on {address} is free",
-                        "widen [network] port_range or port_candidates, or look for what holds the ports")
+        # Any user's processes can hold ports in the range: not a proven fault of the node.
+        raise ContainerFault(f"none of the job's {len(candidates)} candidate ports on {address} is free",
+                             "widen [network] port_range or port_candidates, or look for what holds the ports")
 
     def release_ports(self, jobid: str, ports: Optional[Iterable[str]] = None) -> int:
         """Drop the job's reservations (all of them, or the given ``addr:port`` keys)."""

@@ -35,7 +35,6 @@ if TYPE_CHECKING:      # not at run time: the filter runs on every qsub
     from typing import Callable, Dict, List, Optional, Sequence
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECT = 0, 1, 255
-DOCKER_MIN_MEMORY = 6 * 1024 * 1024      # the daemon refuses smaller --memory limits
 _CARRY_REFUSED = set("'\"\\,") | {chr(c) for c in range(32)} | {"\x7f"}
 
 
@@ -179,12 +178,8 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
     gpus.refuse_requested(asked)
     if asked.get("mem") or asked.get("pmem"):
         per_node = _slots_per_node(asked, parse_nodes_spec)
-        smallest = min(resources.memory_limit(asked, model, slots, len(per_node)) or DOCKER_MIN_MEMORY
-                       for slots in per_node)
-        if smallest < DOCKER_MIN_MEMORY:
-            what = "pmem=" + asked["pmem"] if asked.get("pmem") else "mem=" + asked["mem"]
-            raise RequestError(f"-l {what} leaves a container {smallest} bytes; Docker needs at least 6 MiB",
-                               "ask for more memory, e.g. -l mem=1gb")
+        for slots in per_node:          # refuses a limit Docker would not take, as the prologues do
+            resources.memory_limit(asked, model, slots, len(per_node))
     if site and cfg.images_pin != "off" and not choice.tarball:
         pin_image(verdict, choice.reference, cfg)
 

@@ -57,10 +57,11 @@ def _hook_lock(cfg: config_mod.Config, jobid: str) -> Path:
 
 
 def _open_lock(path: Path) -> int:
-    from .state import NodeState, ensure_dir
+    """In the state directory's root-only lock directory, 0600 (state.py: a lock another
+    user could open is a lock another user could hold)."""
+    from .state import NodeState, open_lock_file
     NodeState(str(path.parent.parent)).ensure()
-    ensure_dir(path.parent, 0o755)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return open_lock_file(path)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,93 @@ def check_identity(jobid: str, user: str) -> None:
     if not _USER.fullmatch(user):
         raise NodeFault(f"the job user name {user!r} cannot be used in SSH configuration",
                         "user names must be POSIX names (letters, digits, '_', '.', '-')")
+
+
+def parse_exec_host(text: str) -> List[str]:
+    """Torque's ``exec_host`` (``n1/0-3+n2/0,2+n3/1``) as one host per slot, in its order.
+
+    Without BEOWULF_JOB_MAP pbs_mom writes exactly this to the nodefile: one line per
+    vnode, vnodes in exec_host order (src/resmom/start_exec.c: write_nodes_to_file)."""
+    hosts: List[str] = []
+    for part in text.strip().split("+"):
+        host, sep, spec = part.rpartition("/")
+        if not sep or len(host) > 253 or not _HOSTNAME.fullmatch(host):
+            raise NodeFault(f"cannot read exec_host {text[:200]!r}", "is this pbs_mom's job file?")
+        count = 0
+        for piece in spec.split(","):
+            lo, _, hi = piece.partition("-")
+            if not lo.isdigit() or not (hi or lo).isdigit() or int(hi or lo) < int(lo):
+                raise NodeFault(f"cannot read exec_host {text[:200]!r}", "is this pbs_mom's job file?")
+            count += int(hi or lo) - int(lo) + 1
+        hosts.extend([host] * count)
+    return hosts
+
+
+def job_file_exec_host(pbs_home: Path, jobid: str) -> Optional[str]:
+    """``exec_host`` from the mother superior's own job file, or None.
+
+    pbs_mom saves each job as XML in ``mom_priv/jobs`` (``<job><jobid>...</jobid>...
+    <attributes><exec_host>...``, src/server/job_recov.c saveJobToXML) before the prologue
+    runs; the server wrote exec_host. The file's name need not be the job id and pbs_mom
+    rewrites it through a ``.JC`` (see momjobs), so every complete root-owned file not
+    writable by others is read, a few times if the job's is missing. A job file whose
+    attributes may hold the job's own markup raises momjobs.UserMarkup."""
+    from . import momjobs
+    directory = momjobs.jobs_dir(pbs_home)
+    for attempt in range(momjobs.SCAN_TRIES):
+        if attempt:
+            time.sleep(momjobs.SCAN_PAUSE)
+        try:
+            names = sorted(os.listdir(directory), key=lambda n: (not n.startswith(jobid.split("[")[0]), n))
+        except OSError:
+            return None
+        for name in names:
+            if not name.endswith((momjobs.JOB_FILE, momjobs.JOB_FILE_COPY)):
+                continue
+            path = directory / name
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+                    continue
+                data = momjobs.read_job_bytes(path)
+                if momjobs.parse_job_file(data).jobid != jobid:
+                    continue
+                return momjobs.exec_host_of(data) or None
+            except momjobs.UserMarkup:
+                raise
+            except (OSError, momjobs.BadJobFile):
+                continue
+    return None
+
+
+def assigned_hosts(ctx: "HookContext") -> List[str]:
+    """The job's slots as the server assigned them, one host per slot: from exec_host,
+    checked against PBS_NP and PBS_MSHOST. Never from the nodefile: a job's own variables
+    can make pbs_mom write anything there (``-v BEOWULF_JOB_MAP=a:b``, and any variable
+    whose name merely starts so: src/resmom/start_exec.c write_nodes_to_file reads it with
+    a prefix match, src/lib/Libattr/attr_fn_arst.c arst_string)."""
+    from .momjobs import UserMarkup
+    try:
+        text = job_file_exec_host(ctx.pbs_home, ctx.jobid)
+    except UserMarkup:
+        raise RequestError("a value of this job (its environment, -N, -A, -e or -o) holds an '&NAME;' that "
+                           "pbs_mom writes into its job file as markup, so the nodes the server assigned "
+                           "cannot be read from it",
+                           "remove the '&...;' from the job's variables, name, account and output paths") from None
+    if text is None:
+        raise NodeFault(f"no exec_host for job {ctx.jobid} in pbs_mom's job files ({ctx.pbs_home}/mom_priv/jobs/*.JB)",
+                        "torque-docker plans from exec_host in the XML job files of Torque 6; is this "
+                        "hook run by such a pbs_mom?")
+    hosts = parse_exec_host(text)
+    np = (ctx.environ or {}).get("PBS_NP", "")
+    if np.isdigit() and int(np) != len(hosts):
+        raise NodeFault(f"exec_host {text[:200]} holds {len(hosts)} slots, PBS_NP says {np}",
+                        "pbs_mom's job file and its environment disagree; look at this node's pbs_mom")
+    mshost = (ctx.environ or {}).get("PBS_MSHOST", "")
+    if mshost and hosts[0] != mshost:
+        raise NodeFault(f"exec_host {text[:200]} does not start with this node ({mshost})",
+                        "pbs_mom's job file and its environment disagree; look at this node's pbs_mom")
+    return hosts
 
 
 def read_nodefile(text: str) -> List[str]:

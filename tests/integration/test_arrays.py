@@ -175,7 +175,7 @@ def test_mpi_hello_as_an_array_subjob_across_two_nodes(site, docker_client):
     result = outcome["result"]
     assert result.exit_status == 0, result.stdout + result.stderr
     tag = job_tag(jobid)
-    assert tag == jobid.replace("[", "-").replace("].", "-").lower()
+    assert tag == jobid.replace("[", "-").replace("].", "-").replace("_", "-").lower()   # (site names may hold "_")
     assert f"inside: PBS_JOBID={jobid} PBS_ARRAYID=1 inside-the-openmpi-image" in result.stdout
     assert f"nodefile: td-{tag}-n0 td-{tag}-n0 td-{tag}-n1 td-{tag}-n1" in result.stdout
     ranks = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
@@ -211,7 +211,9 @@ def test_a_sister_being_set_up_is_not_swept(make_site, docker_client, silent_ssh
         assert containers_of(docker_client, job.jobid)
     finally:
         thread.join(120)
-    assert outcome["result"].state == "Q" and outcome["result"].down_nodes == ["tdnode1"]
+    # An sshd that never answers may be the image's doing: the sister leaves it to the MS,
+    # which finds the container missing and requeues; no node goes down.
+    assert outcome["result"].state == "Q" and outcome["result"].down_nodes == []
     assert site.leftovers(docker_client, job.jobid) == []
 
 

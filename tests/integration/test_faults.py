@@ -5,6 +5,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -127,12 +128,16 @@ def test_sshd_that_never_answers_is_bounded_and_cleaned(make_site, docker_client
     assert site.leftovers(docker_client, job.jobid) == []                 # the failed start undid itself
 
 
-def test_sshd_that_exits_at_start_is_reported_with_its_log(make_site, docker_client):
+def test_sshd_that_exits_at_start_is_refused_with_its_log(make_site, docker_client):
+    """The image decides how its sshd behaves: the job is refused (never requeued), and no
+    sister would take its node down for it (test_attacks_node.py)."""
     site = make_site(nodes=1, extra_config="[ssh]\nsshd_path = /bin/false\n")
     job = site.job(SLEEPER, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
     result = site.cluster.run(job)
-    assert result.runs("prologue")[0].rc == 2
-    assert "exited before answering" in site.log_file.read_text()
+    assert result.runs("prologue")[0].rc == 0 and result.exit_status == 1      # refused through the starter
+    told = (Path(job.workdir) / f"torque-docker-{job.jobid}.refused").read_text()
+    assert "/bin/false in image" in told and "exited at start (container log:" in told, told
+    assert "exited at start" in site.log_file.read_text()
     assert site.leftovers(docker_client, job.jobid) == []
 
 

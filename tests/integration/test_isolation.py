@@ -448,7 +448,7 @@ def test_state_and_ssh_files_have_owner_only_modes(site, docker_client):
         assert mode_owner(host_config.parent)[0] & 0o022 == 0 and mode_owner(host_config.parent)[1] == 0
         text = host_config.read_text()
         assert all(f"Host {a}" in text for a in held.aliases(docker_client))
-        token = keys.JobSecrets.derive(keys.load_secret(str(site.secret)), jobid).token
+        token = keys.JobSecrets.derive(keys.load_secret(str(site.secret)), identity(held.job)).token
         assert "PRIVATE KEY" not in text and secret_text not in text and token not in text
         for body in private.values():
             core = "".join(body.splitlines()[1:-1])
@@ -477,27 +477,38 @@ def raw(pair: keys.KeyPair) -> bytes:
                              serialization.NoEncryption())
 
 
-def test_key_derivation_is_hmac_of_the_job_id_and_keys_differ_between_jobs(tmp_path):
+def identity(job, user: str = "") -> keys.JobIdentity:
+    """What pbs_mom tells every node of a simulated job: $1-$3 and PBS_MSHOST."""
+    import grp
+    pw = pwd.getpwnam(user or job.user)
+    return keys.JobIdentity(job.jobid, pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name, job.nodes[0][0])
+
+
+def test_key_derivation_is_hmac_of_the_job_and_keys_differ_between_jobs(tmp_path):
     path = tmp_path / "secret"
     keys.generate_secret(str(path))
     assert mode_owner(path) == (0o400, 0)
     secret = keys.load_secret(str(path))
 
     def seed(purpose: str, jobid: str) -> bytes:
-        return hmac.new(secret, f"{purpose}|{jobid}".encode(), hashlib.sha256).digest()
+        """HMAC-SHA256 of the length-prefixed purpose, job id, user, group and mother superior."""
+        parts = [purpose, jobid, "alice", "users", "n01"]
+        message = b"torque-docker job secrets v2" + b"".join(len(p).to_bytes(4, "big") + p.encode() for p in parts)
+        return hmac.new(secret, message, hashlib.sha256).digest()
 
     def expected_public(purpose: str, jobid: str) -> str:
         public = Ed25519PrivateKey.from_private_bytes(seed(purpose, jobid)).public_key()
         return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
     jobs = [f"{n}.server" for n in range(100, 120)]
-    derived = {j: keys.JobSecrets.derive(secret, j) for j in jobs}
+    derived = {j: keys.JobSecrets.derive(secret, keys.JobIdentity(j, "alice", "users", "n01")) for j in jobs}
     for jobid, s in derived.items():
         assert s.user_key.public_openssh.split()[:2] == expected_public("user-key", jobid).split()[:2]
         assert s.host_key.public_openssh.split()[:2] == expected_public("host-key", jobid).split()[:2]
         assert raw(s.user_key) == seed("user-key", jobid) and raw(s.host_key) == seed("host-key", jobid)
-        again = keys.JobSecrets.derive(secret, jobid)              # the same on every node (the OpenSSH
-        assert again.token == s.token and raw(again.user_key) == raw(s.user_key)   # file has random check bytes)
+        # The same on every node (the OpenSSH file has random check bytes, the key does not).
+        again = keys.JobSecrets.derive(secret, keys.JobIdentity(jobid, "alice", "users", "n01"))
+        assert again.token == s.token and raw(again.user_key) == raw(s.user_key)
         assert again.user_key.public_openssh == s.user_key.public_openssh
         assert again.host_key.public_openssh == s.host_key.public_openssh
     publics = [s.user_key.public_openssh.split()[1] for s in derived.values()]
@@ -516,7 +527,8 @@ def test_key_derivation_is_hmac_of_the_job_id_and_keys_differ_between_jobs(tmp_p
         assert raw(derived[a].user_key) != raw(derived[a].host_key)
     # Another site's secret gives other keys for the same job id.
     other = bytes(x ^ 0xFF for x in secret)
-    assert keys.JobSecrets.derive(other, jobs[0]).user_key.public_openssh != derived[jobs[0]].user_key.public_openssh
+    assert keys.JobSecrets.derive(other, keys.JobIdentity(jobs[0], "alice", "users", "n01")).user_key.public_openssh \
+        != derived[jobs[0]].user_key.public_openssh
 
 
 def test_two_running_jobs_have_their_own_keys_and_neither_opens_the_other(site, docker_client):
@@ -528,7 +540,7 @@ def test_two_running_jobs_have_their_own_keys_and_neither_opens_the_other(site, 
             for held in (first, second):
                 ctr = ctr_dir(site, "tdnode0", held.job.jobid)
                 on_disk = (ctr / "id_ed25519.pub").read_text().split()[:2]
-                assert on_disk == keys.JobSecrets.derive(secret, held.job.jobid).user_key.public_openssh.split()[:2]
+                assert on_disk == keys.JobSecrets.derive(secret, identity(held.job)).user_key.public_openssh.split()[:2]
                 pub[held.job.jobid] = on_disk[1]
                 copy = tmp / f"key-{safe_jobid(held.job.jobid)}"
                 shutil.copy(ctr / "id_ed25519", copy)

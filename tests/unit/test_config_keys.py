@@ -1,6 +1,7 @@
 """Every config key: a valid value (parsed to what the code uses), an invalid one (an error
-naming the file, line and key, or, for keys the parser takes as text, the reason
-`torque-docker check` gives), and an unknown key in every section."""
+naming the file, line, key and fix, raised when the file is read: a hook never runs with a
+value it cannot use, and never blames a job's user for it), and an unknown key in every
+section."""
 from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Tuple
@@ -17,7 +18,7 @@ class Case(NamedTuple):
     parsed: Any                # what the Config attribute holds then
     invalid: str               # a value that must be refused
     reason: str                # words of the refusal
-    where: str = "parse"       # parse: the parser refuses it; check: config_problems; resolve: listen_address()
+    where: str = "parse"       # parse: the parser refuses it; resolve: listen_address()
 
 
 CASES: Dict[Tuple[str, str], Case] = {
@@ -40,7 +41,7 @@ CASES: Dict[Tuple[str, str], Case] = {
     ("paths", "template_dir"): Case("/etc/td/templates", "/etc/td/templates", "templates", "absolute path"),
     ("jobs", "default_model"): Case("process", "process", "vm", "must be one of: node, process"),
     ("jobs", "default_run"): Case("host", "host", "vm", "must be one of: container, host"),
-    ("jobs", "shm_size"): Case("512m", "512m", "lots", "is not a size like 1g", "check"),
+    ("jobs", "shm_size"): Case("512m", "512m", "lots", "is not a size like 1g"),
     ("jobs", "max_attempts"): Case("5", 5, "0", "between 1 and 100"),
     ("jobs", "process_ipc"): Case("private", "private", "none", "must be one of: shared, private"),
     ("jobs", "sweep_grace"): Case("30", 30.0, "-1", "seconds between 0 and 3600"),
@@ -57,7 +58,7 @@ CASES: Dict[Tuple[str, str], Case] = {
     ("limits", "user_max"): Case("nofile=65536 stack=unlimited", (("nofile", 65536, 65536), ("stack", -1, -1)),
                                  "nofile=1 nofile=2", "nofile is given twice"),
     ("images", "allowed"): Case("lab/*, docker.io/library/debian:*", ("lab/*", "docker.io/library/debian:*"),
-                                "lab/* 'debian'", "can never match an image reference", "check"),
+                                "lab/* 'debian'", "can never match an image reference"),
     ("images", "aliases"): Case("\n    foam = lab/openfoam:11\n    py=lab/python:3", {"foam": "lab/openfoam:11", "py": "lab/python:3"},
                                 "\n    foam lab/openfoam:11", "must look like 'name = registry/image:tag'"),
     ("images", "pull"): Case("never", "never", "sometimes", "must be one of: missing, never, always"),
@@ -66,16 +67,14 @@ CASES: Dict[Tuple[str, str], Case] = {
     ("images", "tarball_dirs"): Case("/srv/images /data/img", ("/srv/images", "/data/img"), "/srv/images images",
                                      "absolute path"),
     ("mounts", "default"): Case("/scratch:/scratch:ro", ("/scratch:/scratch:ro",), "scratch:/scratch",
-                                "is not an absolute path", "check"),
+                                "is not an absolute path"),
     ("mounts", "allowed"): Case("/scratch, /data", ("/scratch", "/data"), "scratch", "absolute path"),
-    ("env", "deny"): Case("LD_* SECRET_TOKEN", ("LD_*", "SECRET_TOKEN"), "LD_PRELOAD=x", "can never match a variable name",
-                          "check"),
-    ("env", "pass"): Case("OMP_* PBS_*", ("OMP_*", "PBS_*"), "OMP_$X", "can never match a variable name", "check"),
-    ("cgroups", "parent"): Case("torque", "torque", "my slice", "contains white space", "check"),
+    ("env", "deny"): Case("LD_* SECRET_TOKEN", ("LD_*", "SECRET_TOKEN"), "LD_PRELOAD=x", "can never match a variable name"),
+    ("env", "pass"): Case("OMP_* PBS_*", ("OMP_*", "PBS_*"), "OMP_$X", "can never match a variable name"),
+    ("cgroups", "parent"): Case("torque", "torque", "my slice", "contains white space"),
     ("log", "destination"): Case("file:/var/log/td.log", "file:/var/log/td.log", "stdout", "syslog, none or file:"),
     ("log", "verbose"): Case("off", False, "maybe", "must be yes or no"),
-    ("check", "image"): Case("lab/sshd-test:1", "lab/sshd-test:1", "evil/x:1", "[check] image evil/x:1 is not in [images] allowed",
-                             "check"),
+    ("check", "image"): Case("lab/sshd-test:1", "lab/sshd-test:1", "evil/x:1", "evil/x:1 is not in [images] allowed"),
 }
 # Keys whose invalid case needs other settings to be judged.
 CONTEXT = {("check", "image"): "[images]\nallowed = lab/*\n"}
@@ -111,10 +110,6 @@ def test_invalid_value(option, case):
         assert message.startswith(f"/etc/td.conf:3: [{option.section}] {option.key} = "), message
         assert case.reason in message
         assert f"(default: {option.default or 'empty'})" in message     # the fix names the default
-    elif case.where == "check":
-        problems = config_problems(config.parse_text(text))
-        assert len(problems) == 1 and case.reason in problems[0], problems
-        assert problems[0].startswith(f"[{option.section}] {option.key}"), problems
     else:
         with pytest.raises(ConfigError) as info:
             config.parse_text(text).listen_address()
@@ -146,3 +141,64 @@ def test_a_key_in_the_wrong_section_is_unknown_there():
 def test_keys_are_case_sensitive():
     with pytest.raises(ConfigError, match="unknown key 'Port_Range'"):
         config.parse_text("[network]\nPort_Range = 40000-40999\n", "x.conf")
+
+
+# More values each key must refuse when the file is read (the site's mistake must never
+# reach a job, where it would read as the user's).
+MORE_INVALID = [
+    ("network", "node_name", "bad name!", "must be a host name"),
+    ("ssh", "include_dir", "/run/td ssh", "without spaces or control characters"),
+    ("paths", "state_dir", "/var/lib/td\tx", "without spaces or control characters"),
+    ("jobs", "shm_size", "0", "is not a size like 1g"),
+    ("jobs", "shm_size", "1.5g", "is not a size like 1g"),
+    ("jobs", "sweep_grace", "soon", "seconds between 0 and 3600"),
+    ("images", "aliases", "\n    Foam! = lab/x:1", "is not one users can write"),
+    ("images", "aliases", "\n    foam = Lab/X", "is not an image reference"),
+    ("images", "aliases", "\n    foam = lab/x:1\n    foam = lab/x:2", "is given twice"),
+    ("mounts", "default", "/scratch:/data /x/../etc", "contains '..'"),
+    ("mounts", "default", "/scratch:data", "is not an absolute path"),
+    ("cgroups", "parent", "/torque/../../system.slice", "without '..'"),
+    ("log", "destination", "file:/var/log/td log", "without spaces"),
+    ("check", "image", "Not An Image", "is not an image name"),
+    ("docker", "endpoint", "unix://", "is not a Docker address"),
+]
+
+
+@pytest.mark.parametrize("section,key,value,reason", MORE_INVALID, ids=[f"{c[0]}.{c[1]}={c[2]!r}" for c in MORE_INVALID])
+def test_more_invalid_values_are_refused_when_read(section, key, value, reason):
+    option = next(o for o in config.OPTIONS if (o.section, o.key) == (section, key))
+    with pytest.raises(ConfigError) as info:
+        config.parse_text(text_for(option, value), "/etc/td.conf")
+    assert str(info.value).startswith(f"/etc/td.conf:3: [{section}] {key} = "), str(info.value)
+    assert reason in str(info.value)
+
+
+def test_an_alias_to_an_image_nobody_may_run_is_the_sites_mistake():
+    """Before: loaded fine, and a job asking for the alias was refused as if the user had
+    asked for a forbidden image."""
+    with pytest.raises(ConfigError) as info:
+        config.parse_text("[images]\nallowed = lab/*\naliases =\n    foam = lab/openfoam:11\n"
+                          "    evil = docker.io/evil/x:1\n", "/etc/td.conf")
+    assert str(info.value).startswith("/etc/td.conf:3: [images] aliases = ")
+    assert "evil = docker.io/evil/x:1 is not in [images] allowed" in str(info.value)
+    assert "foam = lab/openfoam:11 is" not in str(info.value)              # only the culprit is named
+
+
+def test_check_file_lists_every_problem_at_once(tmp_path):
+    path = tmp_path / "td.conf"
+    path.write_text("[jobs]\nshm_size = lots\n[mounts]\ndefault = scratch:/data\n[network]\nport_rnge = 1\n")
+    cfg, problems = config.check_file(str(path))
+    assert cfg is None
+    assert [str(p).split(":")[1] for p in problems] == ["2", "4", "6"]
+    assert "shm_size" in str(problems[0]) and "mounts] default" in str(problems[1]) and "port_rnge" in str(problems[2])
+    with pytest.raises(ConfigError, match=r"td.conf:2: \[jobs\] shm_size"):     # a hook stops at the first
+        config.load(str(path))
+    good = tmp_path / "good.conf"
+    good.write_text("[jobs]\nshm_size = 2g\n")
+    cfg, problems = config.check_file(str(good))
+    assert problems == [] and cfg.jobs_shm_size == "2g"
+
+
+def test_cross_option_rules_are_shared_with_check():
+    values = dict(config.defaults().values, images_allowed=("lab/*",), images_aliases={"x": "evil/x:1"})
+    assert config_problems(config.Config(values)) == ["[images] aliases: x = evil/x:1 is not in [images] allowed"]

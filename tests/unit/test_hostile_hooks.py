@@ -116,6 +116,20 @@ def hook_calls(draw):
     return kind, argv, draw(NODEFILE_TEXT)
 
 
+def write_job_file(jobs: Path, jobid: str) -> None:
+    """pbs_mom's XML job file on the MS, with the exec_host the plan comes from (the
+    nodefile above is what the job's variables could have made of it)."""
+    from xml.etree import ElementTree as ET
+    jobs.mkdir(exist_ok=True)
+    job = ET.Element("job")
+    ET.SubElement(job, "jobid").text = jobid
+    ET.SubElement(ET.SubElement(job, "attributes"), "exec_host").text = "testnode/0-1"
+    try:
+        (jobs / "job.JB").write_text(ET.tostring(job, encoding="unicode"))
+    except (UnicodeEncodeError, ValueError):
+        (jobs / "job.JB").unlink(missing_ok=True)
+
+
 def no_surrogates(call):
     """Undecodable bytes crash the hooks today (test_bug_*_undecodable_bytes); keep them out here."""
     kind, argv, nodefile = call
@@ -145,6 +159,7 @@ def test_hooks_answer_torque_codes_and_one_message_for_any_argv(node, call):
     kind, argv, nodefile_text = call
     argv = [a.replace("ROOT", str(node.root)) if i in (0, 5) else a for i, a in enumerate(argv)]
     node.nodefile.write_text(nodefile_text)
+    write_job_file(node.root / "mom_priv" / "jobs", (list(argv) + ["", ""])[1])
     before = node.docker_calls[0]
     code, out, err = run(node, kind, argv)
 

@@ -8,8 +8,12 @@ from torque_docker.errors import ConfigError
 SECRET = bytes(range(32))
 
 
+def job(jobid: str, user: str = "alice", group: str = "alice", mshost: str = "n01") -> keys.JobIdentity:
+    return keys.JobIdentity(jobid, user, group, mshost)
+
+
 def test_derivation_is_deterministic_and_per_job():
-    a1, a2, b = (keys.JobSecrets.derive(SECRET, j) for j in ("1.s", "1.s", "2.s"))
+    a1, a2, b = (keys.JobSecrets.derive(SECRET, job(j)) for j in ("1.s", "1.s", "2.s"))
     # The OpenSSH private key file carries a random check word; the key itself is the same.
     assert (a1.user_key.public_openssh, a1.host_key.public_openssh, a1.token) == \
         (a2.user_key.public_openssh, a2.host_key.public_openssh, a2.token)
@@ -21,16 +25,66 @@ def test_derivation_is_deterministic_and_per_job():
 
 
 def test_other_secret_other_keys():
-    assert keys.JobSecrets.derive(SECRET, "1.s").user_key.public_openssh != \
-        keys.JobSecrets.derive(b"x" * 32, "1.s").user_key.public_openssh
+    assert keys.JobSecrets.derive(SECRET, job("1.s")).user_key.public_openssh != \
+        keys.JobSecrets.derive(b"x" * 32, job("1.s")).user_key.public_openssh
 
 
 def test_candidate_ports_distinct_in_range_and_stable():
-    ports = keys.candidate_ports(SECRET, "1.s", 1, 0, (40000, 40015), 16)
+    ports = keys.candidate_ports(SECRET, job("1.s"), 1, 0, (40000, 40015), 16)
     assert sorted(ports) == list(range(40000, 40016))
-    assert ports == keys.candidate_ports(SECRET, "1.s", 1, 0, (40000, 40015), 16)
-    assert ports != keys.candidate_ports(SECRET, "1.s", 2, 0, (40000, 40015), 16)
-    assert len(keys.candidate_ports(SECRET, "1.s", 0, 0, (40000, 40999), 8)) == 8
+    assert ports == keys.candidate_ports(SECRET, job("1.s"), 1, 0, (40000, 40015), 16)
+    assert ports != keys.candidate_ports(SECRET, job("1.s"), 2, 0, (40000, 40015), 16)
+    assert len(keys.candidate_ports(SECRET, job("1.s"), 0, 0, (40000, 40999), 8)) == 8
+
+
+def everything(identity: keys.JobIdentity):
+    """Every value derived for a job: key material, token, candidate ports of a few containers."""
+    s = keys.JobSecrets.derive(SECRET, identity)
+    ports = [tuple(keys.candidate_ports(SECRET, identity, n, slot, (40000, 40999), 16))
+             for n in range(3) for slot in range(2)]
+    return {"user key": s.user_key.public_openssh.split()[1], "host key": s.host_key.public_openssh.split()[1],
+            "token": s.token, "ports": ports}
+
+
+@pytest.mark.parametrize("other", [
+    job("1234.srv", user="bob", group="bob"),             # another user's job under a reused id
+    job("1234.srv", user="alice", group="projx"),          # the same user, another group
+    job("1234.srv", mshost="n02"),                          # the same id run from another mother superior
+])
+def test_one_job_id_of_two_jobs_shares_no_key_token_or_port(other):
+    """Job ids repeat (new server database, wrap-around): whoever kept job 1234.srv's key
+    must get nothing of the next 1234.srv of someone else."""
+    mine, theirs = everything(job("1234.srv")), everything(other)
+    assert mine["user key"] != theirs["user key"] and mine["host key"] != theirs["host key"]
+    assert mine["token"] != theirs["token"]
+    assert all(a != b for a, b in zip(mine["ports"], theirs["ports"]))
+    assert everything(job("1234.srv")) == mine                    # and every node still agrees
+
+
+def test_fields_cannot_be_shifted_into_each_other():
+    """Length-prefixed parts: 'a|b' as a user is not 'a' and 'b' as user and group."""
+    pairs = [(job("1.s", user="a|b", group="c"), job("1.s", user="a", group="b|c")),
+             (job("1.s|a", user="b"), job("1.s", user="a|b")),
+             (job("1.s", user="ab", group=""), job("1.s", user="a", group="b"))]
+    for left, right in pairs:
+        assert keys.derivation_message("token", left) != keys.derivation_message("token", right)
+        assert keys.JobSecrets.derive(SECRET, left).token != keys.JobSecrets.derive(SECRET, right).token
+
+
+def test_a_bare_job_id_is_refused():
+    with pytest.raises(TypeError, match="JobIdentity"):
+        keys.JobSecrets.derive(SECRET, "1.s")
+    with pytest.raises(TypeError, match="JobIdentity"):
+        keys.candidate_ports(SECRET, "1.s", 0, 0, (40000, 40999), 4)
+
+
+def test_identity_comes_from_what_pbs_mom_gives_every_node():
+    from torque_docker.torque import context_from
+    env = {"PBS_MSHOST": "n01", "PBS_NODENUM": "1"}
+    ms = context_from("prologue", ["/x/mom_priv/prologue", "7.s", "alice", "grp", "name", "nodes=2"], env, cwd="/")
+    sister = context_from("prologue.parallel", ["/y/mom_priv/prologue.parallel", "7.s", "alice", "grp", "name",
+                                                "nodes=2"], env, cwd="/")
+    assert keys.JobIdentity.of(ms) == keys.JobIdentity.of(sister) == keys.JobIdentity("7.s", "alice", "grp", "n01")
 
 
 def test_generate_and_load_secret(tmp_path):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from torque_docker.momjobs import BadJobFile, JobFile, JobFilesUnreadable, held_jobs, parse_job_file
+from torque_docker.momjobs import (BadJobFile, JobFile, JobFilesUnreadable, UserMarkup, exec_host_of, held_jobs,
+                                   parse_job_file)
 
 SAMPLE = (Path(__file__).resolve().parents[1] / "data" / "jobfiles" / "52-1.vm.JB").read_bytes()
 
@@ -198,3 +199,42 @@ def test_a_file_rewritten_without_pause_is_never_missed(pbs_home):
     held = [a for a in answers if a is not None]
     assert held, "no read succeeded: the test proved nothing"
     assert all(a == {"52[1].vm"} for a in held)
+
+
+# ------------------------------------------------------------------------- exec_host
+def test_exec_host_of_the_sample():
+    assert exec_host_of(SAMPLE) == "vm/0"            # escaped text and character references are fine
+
+
+#: A user's tries to steer the plan: markup in a value (libxml2 writes '&...;' verbatim).
+STEER = [
+    "X=&</Variable_List><exec_host>evil/0-99</exec_host><Variable_List>;",             # a second one
+    "X=&</Variable_List></attributes><attributes><exec_host>evil/0</exec_host><Variable_List>;",
+    "X=&</Variable_List><wrap>;",                                                       # unbalanced
+    "X=&nbsp;",                                                                          # any foreign entity
+]
+
+
+@pytest.mark.parametrize("variables", STEER)
+def test_attributes_a_user_may_have_marked_up_are_not_believed(variables):
+    data = job_xml("52[1].vm", "52-1.vm", variables)
+    assert parse_job_file(data).jobid == "52[1].vm"      # the sweep still reads the id
+    with pytest.raises(UserMarkup):
+        exec_host_of(data)
+
+
+def test_escaped_text_that_looks_like_markup_is_only_text():
+    data = job_xml("7.vm", "7.vm", "X=&lt;/Variable_List&gt;&lt;exec_host&gt;evil/0&lt;/exec_host&gt;,Y=a&amp;b")
+    assert exec_host_of(data) == "vm/0"
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"<job><jobid>7.s</jobid><attributes></attributes></job>", "0 <exec_host>"),
+    (b"<job><jobid>7.s</jobid><exec_host>evil/0</exec_host><attributes></attributes></job>", "0 <exec_host>"),
+    (b"<job><jobid>7.s</jobid><attributes><exec_host>a/0</exec_host><exec_host>b/0</exec_host></attributes></job>",
+     "2 <exec_host>"),
+    (b"<job><jobid>7.s</jobid><attributes><x><exec_host>a/0</exec_host></x></attributes></job>", "0 <exec_host>"),
+])
+def test_exactly_one_exec_host_directly_in_the_attributes(data, words):
+    with pytest.raises(BadJobFile, match=words):
+        exec_host_of(data)

@@ -60,3 +60,4 @@ def test_unknown_key_message_lists_valid_keys():
     with pytest.raises(RequestError) as info:
         parse_other("image=debian;modle=node")
     assert "image, model, run, mount" in str(info.value)
+

@@ -134,3 +134,22 @@ def test_torque_cpuset_skips_an_unreadable_list(tmp_path):
     write(root / "12.srv" / "cpuset.cpus", "garbage")
     write(root / "12.srv" / "cpuset.cpus.effective", "7")
     assert resources.torque_cpuset("12.srv", [str(root)]) == [7]
+
+
+@pytest.mark.parametrize("asked,model,slots,nodes", [
+    ({"pmem": "1kb"}, "node", 1, 1),
+    ({"pmem": "5mb"}, "process", 4, 1),
+    ({"mem": "20mb"}, "process", 4, 2),          # 2.5 MB per container
+    ({"pmem": "0"}, "node", 1, 1),
+])
+def test_memory_below_what_docker_accepts_is_the_requests_mistake(asked, model, slots, nodes):
+    """Docker refuses limits under 6 MB; found at container start on a sister, that took the
+    node down. The request is refused on every node before anything starts."""
+    with pytest.raises(RequestError, match="Docker needs at least 6 MiB") as info:
+        resources.memory_limit(asked, model, slots, nodes)
+    assert info.value.user_error and "pmem=6mb" in info.value.fix
+
+
+def test_docker_s_floor_itself_is_accepted():
+    assert resources.memory_limit({"pmem": "6mb"}, "process", 1, 1) == 6 * MB
+    assert resources.memory_limit({"mem": "12mb"}, "process", 2, 1) == 6 * MB
