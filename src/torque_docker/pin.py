@@ -150,6 +150,7 @@ def from_registry(reference: str, total: float = TOTAL_TIMEOUT) -> "tuple[str, s
 
 def _from_registry(reference: str) -> "tuple[str, str]":
     import urllib.request
+    from http.client import HTTPException
     from urllib.error import HTTPError, URLError
 
     ref = Reference(reference)
@@ -182,8 +183,9 @@ def _from_registry(reference: str) -> "tuple[str, str]":
                 headers["Authorization"] = f"Bearer {token}"
                 continue
             return "", f"{ref.registry} answered {exc.code} for {reference}"
-        except (URLError, OSError, ValueError) as exc:
-            return "", f"cannot reach {ref.registry} ({getattr(exc, 'reason', exc)})"
+        except (URLError, OSError, ValueError, HTTPException) as exc:
+            # HTTPException: a server that speaks broken HTTP (BadStatusLine) is unreachable too
+            return "", f"cannot reach {ref.registry} ({getattr(exc, 'reason', exc)!s:.200})"
     return "", f"{ref.registry} refused the anonymous token for {reference}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -144,8 +145,10 @@ class Site:
             self.configs[node] = conf
         keys.generate_secret(str(self.secret))
         # A server name of its own keeps job ids (so container names) apart from any other
-        # site running at the same time on this Docker daemon.
-        self.server = "s" + root.name.rsplit("-", 1)[-1].lower()
+        # site running at the same time on this Docker daemon. Letters and digits only: a
+        # temporary directory's random tail may end in "_", which job tags drop, and tests
+        # spell the expected tags out.
+        self.server = "s" + re.sub(r"[^a-z0-9]", "", root.name.rsplit("-", 1)[-1].lower())
         self.cluster = momsim.Cluster(root / "cluster", nodes, prologalarm=prologalarm, server=self.server,
                                       pbs_environment_extra={n: {config.ENV_VAR: str(self.configs[n])}
                                                              for n in nodes},
