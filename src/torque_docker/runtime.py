@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -235,7 +236,15 @@ class Runtime:
                     extracted = tar.extractfile(member)
                     return extracted.read() if extracted else b""
             return None
-        except (APIError, DockerException) as exc:
+        except APIError as exc:
+            text = re.sub(r"/\S*/merged(?=/)", "", _short(exc))        # Docker's own storage paths
+            if any(word in text.lower() for word in NODE_TROUBLE):
+                raise NodeFault(f"Docker could not read {path} of image {image_id[:19]}: {text}") from None
+            # Docker resolves the path inside the image: a symlink loop or a path through a
+            # file is the image's doing ("too many links"), never a fault of the node.
+            raise ImageError(f"Docker cannot read {path} in the image: {text}",
+                             f"make {path} a plain file of the image", user_error=True) from None
+        except DockerException as exc:
             raise NodeFault(f"Docker could not read {path} of image {image_id[:19]}: {_short(exc)}") from None
         finally:
             self.remove(ident)

@@ -205,6 +205,35 @@ def test_an_image_group_named_like_a_users_gid_is_refused(make_site, docker_clie
     assert site.leftovers(docker_client, job.jobid) == []
 
 
+@pytest.fixture(scope="module")
+def looped_group_image(docker_client, images):
+    """An image whose /etc/group leads through a directory symlink loop: Docker's look at
+    that path fails with HTTP 500 ("too many links")."""
+    tag = build_image(docker_client, f"FROM {OPENMPI_IMAGE}\n"
+                                     "RUN ln -s /loop-b /loop-a && ln -s /loop-a /loop-b && "
+                                     "mv /etc/group /etc/group.real && ln -s /loop-a/group /etc/group\n")
+    yield tag
+    remove_image(docker_client, tag)
+
+
+def test_an_image_whose_group_file_breaks_dockers_read_takes_no_node_down(site, docker_client, looped_group_image,
+                                                                        grouped_user):
+    """The prologues read the image's /etc/group through Docker (for users with supplementary
+    groups); the image can make that read fail. That is the image's fault, said to the user,
+    and no sister exits non-zero (which would mark its node down)."""
+    job = site.job(GROUPS_SCRIPT, [("tdnode0", 1), ("tdnode1", 1)], other=f"image={looped_group_image}",
+                   user=grouped_user)
+    result = site.cluster.run(job)
+    assert result.down_nodes == [], result.log
+    runs = result.runs("prologue.parallel")
+    assert runs and all(r.rc == 0 for r in runs), [(r.node, r.rc) for r in runs]
+    assert result.exit_status == 1 and result.state == "C", result.stdout + result.stderr
+    text = refusal_text(job)
+    assert "cannot read /etc/group in the image" in text and "too many links" in text, text
+    assert "/var/lib/docker" not in text, text                    # Docker's storage paths stay out
+    assert site.leftovers(docker_client, job.jobid) == []
+
+
 def test_a_container_with_other_ids_than_the_users_is_found_after_start(site, docker_client, group_image, grouped_user):
     """The check after start, on a container started past the prologue's refusal (as a
     Docker that resolved names differently would): every process is read from the host."""
