@@ -438,12 +438,18 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        RequestError(f"mount source {mount.source} is not a directory {user.name} can read",
                                     "ask for a directory you can read")))
+    tmp_index = -1
     if tmpdir and tmpdir not in own_dirs:
         if tmpdir in {m.target for m in extra} | {m.target for m in site}:
             raise RequestError(f"mount target {tmpdir} is the job's $TMPDIR", "mount it somewhere else, e.g. under /data")
+        # pbs_mom made it, as the job's user, before any prologue: gone now means its owner (or
+        # root) removed it, which no one can tell apart here; never the node's fault, so the
+        # MS requeues (bounded) instead of a sister marking its node down.
+        tmp_index = len(wanted)
         wanted.append((os.path.realpath(tmpdir), tmpdir, False,
-                       NodeFault(f"Torque's $tmpdir directory {tmpdir} for this job is missing or not reachable by "
-                                 f"{user.name}", "check $tmpdir in mom_priv/config on this node")))
+                       TorqueDockerError(f"the job's $TMPDIR {tmpdir}, made by pbs_mom, is gone from this node",
+                                         "do not remove the $TMPDIR directories of jobs; if it recurs, tell the "
+                                         "admin to check $tmpdir in mom_priv/config")))
     for mount in site:
         wanted.append((os.path.realpath(mount.source), mount.target, mount.read_only,
                        ConfigError(f"[mounts] default {mount} is not a directory {user.name} can read on this node",
@@ -463,6 +469,9 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
             if not reachable and n == 0:    # the home is there, but closed to its owner: the user's doing
                 raise RequestError(f"your home directory {user.home} cannot be read by you ({user.name})",
                                    "let yourself in again: chmod u+rx ~")
+            if not reachable and n == tmp_index:    # the user's own directory, closed by its owner
+                raise RequestError(f"the job's $TMPDIR {target} cannot be read by you ({user.name})",
+                                   "leave the $TMPDIR directories of your jobs open to yourself (chmod u+rwx)")
             if not reachable:
                 raise missing
             binds.append(Bind(source, target, read_only, pinned))

@@ -12,7 +12,7 @@ import re
 import tarfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -28,6 +28,17 @@ L_ALIAS, L_USER, L_PORT = f"{LABEL}.alias", f"{LABEL}.user", f"{LABEL}.port"
 #: Words of a Docker error that say the node itself is short of something or broken.
 NODE_TROUBLE = ("no space left on device", "read-only file system", "input/output error", "too many open files",
                 "disk quota exceeded", "connection refused", "cannot connect to the docker daemon")
+
+
+def node_trouble(text: str, sources: Sequence[str] = ()) -> bool:
+    """Does Docker's refusal say the node is out of something or broken? Not when it names
+    one of the container's bind sources: a user's directory (a FUSE mount of theirs that
+    answers EIO, say) can put those very words in it, and a user must not mark a node down."""
+    if any(source and source in text for source in sources):
+        return False
+    return any(word in text.lower() for word in NODE_TROUBLE)
+
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # Docker's own default
 
 
@@ -304,7 +315,7 @@ class Runtime:
                                 f"({limits.show(spec.ulimits)}): {text}",
                                 "let dockerd raise them (docker.service: LimitMEMLOCK=infinity, LimitNOFILE=..., "
                                 "and CAP_SYS_RESOURCE), or lower [limits] ulimits / user_max") from None
-            if any(word in text.lower() for word in NODE_TROUBLE):
+            if node_trouble(text, [src for src, _, _ in spec.binds]):
                 raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
             # Docker refused THIS container (its settings, the image's file system against
             # what the job mounts): what the job brings can cause it, so never a node down.

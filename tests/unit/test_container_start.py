@@ -15,7 +15,7 @@ import tarfile
 import pytest
 
 from torque_docker import config, hostpath, lifecycle, policy, render
-from torque_docker.errors import ImageError, PolicyError
+from torque_docker.errors import ImageError, PolicyError, RequestError
 from torque_docker.identity import UserInfo, ids_problem
 from torque_docker.request import Mount
 from torque_docker.runtime import untagged_tar
@@ -100,6 +100,31 @@ def test_a_bad_site_mount_is_the_admins_error_not_the_users(tmp_path, monkeypatc
     (tmp_path / "data").mkdir()
     with pytest.raises(PolicyError):                  # the same path asked for by the user is theirs
         lifecycle.job_binds(user, "", [Mount("/run", "/site", True)], tmp_path / "ctr")
+
+
+def test_a_jobs_tmpdir_its_owner_removed_or_closed_is_never_the_nodes_fault(tmp_path, monkeypatch):
+    """pbs_mom makes $TMPDIR as the job's user before the prologues; the user can remove it or
+    close it (it is theirs) before a sister's prologue looks. A node fault there would let
+    any user mark nodes down."""
+    from torque_docker.errors import TorqueDockerError, is_node_fault
+    home, tmp = tmp_path / "home", tmp_path / "tmpdir" / "7.srv"
+    home.mkdir()
+    user = UserInfo("alice", 1000, 1000, str(home), "/bin/sh", "", (("alice", 1000),))
+    monkeypatch.setattr(lifecycle, "reachable_dirs", lambda user, paths: tuple(True for _ in paths))
+    with pytest.raises(TorqueDockerError) as gone:                         # removed
+        lifecycle.job_binds(user, "", [], tmp_path / "ctr", tmpdir=str(tmp))
+    assert "$TMPDIR" in gone.value.message and not is_node_fault(gone.value) and not gone.value.user_error
+    tmp.mkdir(parents=True)
+    monkeypatch.setattr(lifecycle, "reachable_dirs", lambda user, paths: tuple(p.path != str(tmp) for p in paths))
+    with pytest.raises(RequestError) as closed:                           # closed to its owner
+        lifecycle.job_binds(user, "", [], tmp_path / "ctr", tmpdir=str(tmp))
+    assert "cannot be read by you" in closed.value.message and not is_node_fault(closed.value)
+    monkeypatch.setattr(lifecycle, "reachable_dirs", lambda user, paths: tuple(True for _ in paths))
+    binds = lifecycle.job_binds(user, "", [], tmp_path / "ctr", tmpdir=str(tmp))
+    try:
+        assert (str(tmp), str(tmp), False) in [tuple(b) for b in binds]
+    finally:
+        hostpath.close_all([b.pin for b in binds])
 
 
 # ----------------------------------------------------------------------------- groups and ids
@@ -234,3 +259,13 @@ def test_job_files_are_written_without_following_or_blocking(tmp_path):
     write_file(tmp_path / "ok", "text", 0o640)
     assert (tmp_path / "ok").read_text() == "text" and [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
     assert (tmp_path / "ok").stat().st_mode & 0o777 == 0o640
+
+
+def test_dockers_words_for_node_trouble_count_only_when_no_job_directory_is_named():
+    from torque_docker.runtime import node_trouble
+    staged = "/var/spool/torque-docker/mnt/7.srv/1"
+    assert node_trouble("error mounting: no space left on device", [staged])
+    assert node_trouble("Cannot connect to the Docker daemon at unix:///var/run/docker.sock")
+    # a user's directory (their FUSE mount, say) answering EIO through the staged bind
+    assert not node_trouble(f'error mounting "{staged}" to rootfs: input/output error', [staged])
+    assert not node_trouble("invalid mount config: permission denied", [staged])
