@@ -52,8 +52,15 @@ class Verdict:
 
 
 def mentions_image(data: bytes, args: Sequence[str]) -> bool:
-    """Cheap first test: every container request spells ``image`` somewhere."""
-    return b"image" in data or any("image" in arg for arg in args)
+    """Cheap first test: every container request spells ``image`` somewhere, once the
+    quotes, backslashes and escaped line ends that qsub's word reading removes are gone
+    (``other=ima\\ge=x`` and ``other="ima"ge=x`` are ``image=x`` to qsub)."""
+    texts = [data] + [arg.encode("utf-8", "surrogateescape") for arg in args]
+    return any(b"image" in _unsplit(text) for text in texts)
+
+
+def _unsplit(text: bytes) -> bytes:
+    return text.replace(b"\\\n", b"").replace(b"\\", b"").replace(b'"', b"").replace(b"'", b"")
 
 
 def _other_image(other: str) -> Optional[str]:

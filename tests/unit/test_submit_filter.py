@@ -477,3 +477,12 @@ def test_a_ulimit_within_the_sites_bound_passes_qsub(site):
 def test_a_gpu_request_is_refused_at_qsub(site):
     lines = refused(site, ["-l", "nodes=1:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
     assert "asks for 1 GPU(s)" in lines[0] and "cannot give containers GPUs yet" in lines[0]
+
+
+@pytest.mark.parametrize("spelled", ['other=ima\\ge=base:1', 'other="ima"ge=base:1', "other=im'a'ge=base:1",
+                                     'other=ima\\\nge=base:1'])
+def test_an_image_word_split_by_what_qsub_removes_is_still_read(spelled):
+    """qsub reads a directive's words with quotes and backslashes removed: the cheap first test
+    must not let such a request past the filter's checks (and its pinning) unread."""
+    script = f"#!/bin/sh\n#PBS -l {spelled}\necho hi\n".encode()
+    assert submit.plan([], script).request == "image=base:1"
