@@ -311,14 +311,14 @@ class ChainFailed(Exception):
 CONFIG_ENV, CONFIG_DEFAULT = "TORQUE_DOCKER_CONF", "/etc/torque-docker/torque-docker.conf"
 
 
-def chain_path() -> str:
+def chain_path(config: Optional[str] = None) -> str:
     """Where ``install --submit-filter`` records the site's own filter (next to the config)."""
-    return os.path.join(os.path.dirname(os.environ.get(CONFIG_ENV) or CONFIG_DEFAULT), CHAIN_FILE)
+    return os.path.join(os.path.dirname(config or os.environ.get(CONFIG_ENV) or CONFIG_DEFAULT), CHAIN_FILE)
 
 
-def chained_filter() -> str:
+def chained_filter(config: Optional[str] = None) -> str:
     try:
-        with open(chain_path(), encoding="utf-8") as handle:
+        with open(chain_path(config), encoding="utf-8") as handle:
             return handle.readline().strip()
     except OSError:
         return ""

@@ -154,7 +154,8 @@ def state(pbs_home: str) -> Tuple[bool, List[str]]:
         lines.append(f"FAIL submit filter: {ours} is not executable by every user")
     else:
         lines.append(f"ok   submit filter: {KEY} {ours}")
-    previous = submit.chained_filter()
+    conf = filter_config(ours)
+    previous = submit.chained_filter(conf)
     if previous:
         pmode = _mode(previous)
         if pmode is None or not pmode & stat.S_IXOTH:
@@ -162,11 +163,30 @@ def state(pbs_home: str) -> Tuple[bool, List[str]]:
             lines.append(f"FAIL submit filter: the site's filter {previous} it runs first is missing or not executable")
         else:
             lines.append(f"ok   submit filter: runs the site's filter {previous} first")
-    conf = os.environ.get(submit.CONFIG_ENV) or submit.CONFIG_DEFAULT
     if not os.path.exists(conf):
         ok = False
         lines.append(f"FAIL submit filter: no {conf} here: copy the nodes' config so that qsub applies the site's policy")
     return ok, lines
+
+
+def filter_config(path: str) -> str:
+    """The site config the installed filter fixes in its text (filter_text), which is what
+    qsub's runs use: not the environment of whoever runs the check."""
+    import ast
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return submit.CONFIG_DEFAULT
+    for line in text.splitlines():
+        if line.startswith("os.environ[") and "site config" in line:
+            value = line.split("=", 1)[1].split("#", 1)[0].strip()
+            try:
+                found = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                break
+            if isinstance(found, str):
+                return found
+    return submit.CONFIG_DEFAULT
 
 
 def _runs_our_filter(path: str) -> bool:

@@ -116,6 +116,12 @@ def test_check_reports_each_broken_state(host, tmp_path):
     rc, out = check()
     assert rc == 1 and "copy the nodes' config" in out
     conf.write_text("")
+    # the config the installed filter names, not the one of the admin's shell
+    elsewhere = dict(env, TORQUE_DOCKER_CONF=str(tmp_path / "elsewhere.conf"))       # missing
+    assert cli("check", "--submit-host", "--pbs-home", str(home), env=elsewhere).returncode == 0
+    conf.unlink()
+    assert cli("check", "--submit-host", "--pbs-home", str(home), env=elsewhere).returncode == 1
+    conf.write_text("")
     (home / submitadmin.FILTER_NAME).unlink()
     rc, out = check()
     assert rc == 1 and "does not exist (qsub refuses every job)" in out
