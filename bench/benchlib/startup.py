@@ -240,7 +240,7 @@ def profile(site: BenchSite) -> Dict[str, float]:
     }
     code = (
         "import time,statistics\n"
-        "from torque_docker import keys, render, config, lifecycle\n"
+        "from torque_docker import keys, render, config, lifecycle, runtime\n"
         f"cfg = config.load({str(site.configs['bnode0'])!r})\n"
         f"secret = keys.load_secret({str(site.secret)!r})\n"
         "def t(f, n=20):\n"
@@ -255,7 +255,7 @@ def profile(site: BenchSite) -> Dict[str, float]:
         "first=time.perf_counter(); render.render('sshd_config.j2', cfg.paths_template_dir, jobid='1.x', user='u', "
         "ctr_dir='/run', token='t', log_level='ERROR'); first=time.perf_counter()-first\n"
         "print('render_first', first)\n"
-        "print('docker_client', t(lambda: lifecycle.runtime_for(cfg), n=5))\n"
+        "print('docker_client', t(lambda: runtime.Runtime.from_config(cfg), n=5))\n"
     )
     res = subprocess.run(py + [code], capture_output=True, text=True, env=env)
     for line in res.stdout.splitlines():

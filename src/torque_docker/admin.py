@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from . import config as config_mod
 from . import keys, render
-from .errors import ConfigError, ImageError, TorqueDockerError
+from .errors import ConfigError, ImageBusy, ImageError, TorqueDockerError
 from .sweep import gc
 
 HOOKS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
@@ -78,20 +78,8 @@ def _write_root(path: Path, text: str, mode: int) -> None:
 def runs_starter_as_root(config_file: Path) -> bool:
     """Does pbs_mom's config say ``$job_starter_run_privileged true``? (parsed as mom's setbool():
     the last line wins, a value mom does not understand changes nothing)."""
-    try:
-        text = config_file.read_text()
-    except OSError:
-        return False
-    privileged = False
-    for line in text.splitlines():
-        words = line.split(None, 1)
-        if len(words) == 2 and words[0] == "$job_starter_run_privileged":
-            value = words[1].strip()
-            if value[:1] in ("t", "T", "y", "Y", "1") or value.lower() == "on":
-                privileged = True
-            elif value[:1] in ("f", "F", "n", "N", "0") or value.lower() == "off":
-                privileged = False
-    return privileged
+    from .torque import MomConfig
+    return MomConfig.read(config_file).flag("job_starter_run_privileged", False)
 
 
 def set_job_starter(config_file: Path, starter: str, *, force: bool = False) -> None:
@@ -181,6 +169,7 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
 
     from . import lifecycle, policy
     from .log import Log
+    from .runtime import Runtime
 
     choice = policy.resolve_image(image, cfg)
     key = choice.tarball or choice.reference
@@ -189,16 +178,16 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
     wait = timeout if lock_timeout is None else lock_timeout
     started = time.monotonic()
     try:
-        runtime = lifecycle.runtime_for(cfg)
+        runtime = Runtime.from_config(cfg)
         before = None if choice.tarball else runtime.image_id(choice.reference)
         reference = lifecycle.ensure_image(runtime, choice, stage_cfg,
                                            Log(cfg.log_destination, cfg.node_name()), "stage", lock_timeout=wait,
                                            retag=True)
         image_id, digest = runtime.image_digest(reference)
+    except ImageBusy:
+        raise TorqueDockerError(f"another process holds the lock on {key} for over {wait:.0f} s",
+                                "wait for the other pull or load to finish, or look for a hung one") from None
     except ImageError as exc:   # the job-side advice ("ask the admin to stage it") is no help here
-        if "another job or stager has been fetching" in exc.message:
-            raise TorqueDockerError(f"another process holds the lock on {key} for over {wait:.0f} s",
-                                    "wait for the other pull or load to finish, or look for a hung one") from None
         raise ImageError(exc.message, "check the name, that this node reaches the registry, and 'docker login' "
                                       "for a private one", user_error=False) from None
     if choice.tarball:
@@ -216,11 +205,10 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
 
 # ----------------------------------------------------------------------------- gc / ps
 def ps(cfg: config_mod.Config, out=sys.stdout) -> int:
-    from . import lifecycle
-    from .runtime import L_ALIAS, L_JOB, L_PORT, L_USER
+    from .runtime import L_ALIAS, L_JOB, L_PORT, L_USER, Runtime
     rows = [(c.labels.get(L_JOB, ""), c.labels.get(L_USER, ""), c.labels.get(L_ALIAS, ""),
              c.labels.get(L_PORT, ""), c.status, c.name)
-            for c in lifecycle.runtime_for(cfg).containers(host=cfg.node_name())]
+            for c in Runtime.from_config(cfg).containers(host=cfg.node_name())]
     width = max([20] + [len(row[0]) for row in rows])     # array subjobs and FQDN servers run long
     print(f"{'JOB':<{width}} {'USER':<10} {'ALIAS':<32} {'PORT':<6} {'STATE':<10} CONTAINER", file=out)
     for row in sorted(rows):
@@ -231,11 +219,10 @@ def ps(cfg: config_mod.Config, out=sys.stdout) -> int:
 def change_limits(cfg: config_mod.Config, jobid: str, *, slot: Optional[int] = None, cpus: Optional[float] = None,
                   memory: Optional[str] = None, cpuset: Optional[str] = None, log=None, out=sys.stdout) -> int:
     """Live limits (the paper's future work): docker update, then read back and log."""
-    from . import lifecycle
-    from .runtime import L_SLOT
+    from .runtime import L_SLOT, Runtime
     from .usage import limit_changes
     changes = limit_changes(cpus, memory, cpuset)
-    runtime = lifecycle.runtime_for(cfg)
+    runtime = Runtime.from_config(cfg)
     targets = [c for c in runtime.containers(jobid=jobid, host=cfg.node_name()) if c.status == "running"
                and (slot is None or c.labels.get(L_SLOT) == str(slot))]
     if not targets:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import keys
 from .config import Config, config_path
 from .errors import TorqueDockerError
+from .torque import MomConfig
 
 HOOKS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
 SSH_CONFIG = "/etc/ssh/ssh_config"
@@ -90,14 +91,8 @@ def config_problems(cfg: Config) -> List[str]:
 
 
 def prologalarm(mom_priv: Path) -> int:
-    try:
-        for line in (mom_priv / "config").read_text().splitlines():
-            words = line.split()
-            if len(words) == 2 and words[0] == "$prologalarm":
-                return int(words[1])
-    except (OSError, ValueError):
-        pass
-    return 300
+    """pbs_mom's ``$prologalarm`` (seconds; mom's default 300)."""
+    return MomConfig.read(mom_priv / "config").number("prologalarm", 300)
 
 
 def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[str] = None,
@@ -176,17 +171,15 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
 
     def starter() -> Optional[str]:
         config = mom_priv / "config"
-        text = config.read_text() if config.exists() else ""
-        lines = [line for line in text.splitlines() if line.split()[:1] == ["$job_starter"]]
-        if not lines:
+        current = MomConfig.read(config).job_starter()
+        if current is None:
             raise Warn(f"no $job_starter in {config}: run=container is unavailable and Open MPI counts the "
                        f"container's cores, not the nodefile's slots (run 'torque-docker install')")
         from .admin import runs_starter_as_root
         if runs_starter_as_root(config):
             return (f"{config} sets $job_starter_run_privileged: the starter would run as root with the job's "
                     f"environment, so it refuses every job; remove that line and restart pbs_mom")
-        words = lines[-1].split(None, 1)
-        path = Path(words[1].strip()) if len(words) > 1 else Path("")
+        path = Path(current)
         try:
             info = os.stat(path)
         except OSError:
@@ -226,11 +219,11 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
     check("site secret", secret)
 
     def docker() -> Optional[str]:
-        from .lifecycle import runtime_for
+        from .runtime import Runtime
         assert cfg is not None
-        runtime = runtime_for(cfg)
-        runtime.client.ping()
-        version = runtime.client.version().get("Version", "?")
+        runtime = Runtime.from_config(cfg)
+        runtime.ping()
+        version = runtime.version()
         notes.append(f"docker: {cfg.docker_endpoint} answers, server {version}")
         return None
     docker_ok = check("docker", docker)
@@ -354,13 +347,14 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
     job's own sshd_config and keys (``sshd -t``), and look for the ssh client. Removes what it starts."""
     from . import keys as keys_mod, lifecycle, policy, seccomp
     from .identity import lookup
-    from .runtime import ContainerSpec
+    from .runtime import ContainerSpec, Runtime
     from .state import NodeState
+    from .teardown import release_job_files
 
     choice = policy.resolve_image(image, cfg)
     if choice.tarball:
         return "give an image name, not a tarball (stage the tarball first)"
-    runtime = lifecycle.runtime_for(cfg)
+    runtime = Runtime.from_config(cfg)
     if runtime.image_id(choice.reference) is None:
         return f"{choice.reference} is not on this node (run 'torque-docker stage {image}')"
     user = lookup("nobody")
@@ -404,7 +398,7 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
         return None
     finally:
         try:
-            lifecycle.release_job_files(NodeState(str(work)), jobid)   # its tmpfs first: never delete through a mount
+            release_job_files(NodeState(str(work)), jobid)   # its tmpfs first: never delete through a mount
             shutil.rmtree(work, ignore_errors=True)
         except Exception:       # still mounted: left for the admin rather than deleted through the mount
             pass

@@ -83,6 +83,17 @@ class ImageError(TorqueDockerError):
         self.node_fault = node_fault
 
 
+class ImageBusy(ImageError):
+    """Another job or ``torque-docker stage`` has held the node's lock on one image (its pull
+    or load) past the bound: nobody's proven fault, so a job is requeued."""
+
+    def __init__(self, key: str, waited: float) -> None:
+        super().__init__(f"another job or stager has been fetching {key} for over {waited:.0f} s",
+                         "try again later, or ask the admin to stage the image", user_error=False)
+        self.key = key
+        self.waited = waited
+
+
 class ConfigError(TorqueDockerError):
     """The node's configuration (config file, secret, templates) is wrong: the admin's to fix.
 

@@ -17,42 +17,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resources, seccomp
+from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resources, seccomp, sweep
 from .config import Config, resolve_address
-from .errors import (ConfigError, ContainerFault, ImageError, NodeFault, PolicyError, RequestError, TorqueDockerError,
-                     no_sshd, sshd_exited)
+from .errors import (ConfigError, ContainerFault, ImageBusy, ImageError, NodeFault, PolicyError, RequestError,
+                     TorqueDockerError, no_sshd, sshd_exited)
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
+from .jobcontext import JobContext, Timer
 from .log import Log
+from .records import JobRecord, StartedContainer, StarterInfo
 from .request import JobRequest, Mount, is_reference, parse_resource_list, request_from_resource_list
 from .runtime import (L_ALIAS, L_HOST, L_JOB, L_NODE, L_PORT, L_SLOT, L_USER, ContainerSpec, Runtime)
 from .state import NodeState, ensure_dir, write_file, write_in_place
-from .torque import HookContext, assigned_hosts, check_identity, safe_jobid
+from .teardown import stage_dir, teardown
+from .torque import HookContext, MomConfig, assigned_hosts, check_identity, safe_jobid
 
 CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
 STARTER_RECORD = "starter.json"  # the job starter's record, in the job directory (root's)
-
-
-class Timer:
-    """Per-step wall times, reported in one line so slow steps and nodes stand out."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.last = self.start
-        self.steps: List[Tuple[str, float]] = []
-
-    def step(self, name: str) -> None:
-        now = time.monotonic()
-        self.steps.append((name, now - self.last))
-        self.last = now
-
-    @property
-    def total(self) -> float:
-        return time.monotonic() - self.start
-
-    def line(self) -> str:
-        return " ".join(f"{name}={seconds:.2f}s" for name, seconds in self.steps)
 
 
 @dataclass
@@ -60,12 +42,8 @@ class Setup:
     """What a prologue made; enough to undo it."""
 
     jobid: str
-    containers: List[Dict[str, object]] = field(default_factory=list)
+    containers: List[StartedContainer] = field(default_factory=list)
     summary: str = ""
-
-
-def runtime_for(cfg: Config) -> Runtime:
-    return Runtime(cfg.docker_endpoint, cfg.docker_api_timeout)
 
 
 # --------------------------------------------------------------------------- prologue
@@ -108,7 +86,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
             if model == "process":
                 raise
             slots_here = None        # per-node: one container anyway, just not pinned
-        count = 1 if model == "node" else slots_here
+        count = 1 if model == "node" or slots_here is None else slots_here
         nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
         num_nodes = int(ctx.environ.get("PBS_NUM_NODES", "1") or "1")
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
@@ -117,7 +95,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
 
     state = NodeState(cfg.paths_state_dir)
     state.ensure()
-    runtime = runtime_for(cfg)
+    runtime = Runtime.from_config(cfg)
     sweep_node(cfg, ctx, runtime, log)
     # A requeued job starts again from scratch on this node.
     teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
@@ -128,7 +106,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     volumes = runtime.image_volumes(image_id)
     timer.step("image")
 
-    address = cfg.listen_address()
+    job = JobContext(hook=ctx, cfg=cfg, log=log, state=state, runtime=runtime, user=user, secrets=secrets_,
+                     address=cfg.listen_address(), image=reference, image_id=image_id, timer=timer)
     binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid),
                       forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg),
                       tmpdir=torque_tmpdir(ctx))
@@ -137,9 +116,9 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         tmpfs = container_tmpfs(volumes, binds, cfg.jobs_tmp_size, shown)
         ensure_dir(state.job_dir(ctx.jobid), 0o755)
         # The record first: whatever is mounted below for this job, gc finds the job by it.
-        state.save_job(ctx.jobid, {"jobid": ctx.jobid, "user": user.name, "node_index": ctx.node_index,
-                                   "host": cfg.node_name(), "ms": ctx.is_ms, "image": reference,
-                                   "containers": [], "started": time.time()})
+        record = JobRecord(jobid=ctx.jobid, user=user.name, node_index=ctx.node_index, host=job.host,
+                           ms=ctx.is_ms, image=reference, started=time.time())
+        state.save_job(record)
         prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR", image_id=image_id)
         staged = stage_binds(state, ctx.jobid, binds)
         timer.step("files")
@@ -149,21 +128,21 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
                                  cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs,
                                  ulimits=ulimits, devices=passed)
-        started = start_containers(runtime, state, cfg, ctx, user, local, reference, address, staged,
-                                   secrets_.token, limits, image_id)
+        started = start_containers(job, local, staged, limits)
         setup.containers = started
-        record = state.load_job(ctx.jobid)
-        record["containers"] = started
-        state.save_job(ctx.jobid, record)
-        fit_login_shell(runtime, state, ctx.jobid, user, str(started[0]["id"]))
+        record = replace(record, containers=tuple(started))
+        state.save_job(record)
+        fit_login_shell(job, started[0].id)
         timer.step("start")
         if ctx.is_ms:
-            connect_job(ctx, cfg, state, user, nodes, started, address, secrets_, timer, image_id, reference,
+            connect_job(ctx, cfg, state, user, nodes, started, job.address, secrets_, timer, image_id, reference,
                         assigned=hosts)
+            state.save_job(replace(record, ssh_config=str(host_ssh_config(cfg, ctx.jobid)), nodefile=str(ctx.nodefile),
+                                   aliases=tuple(c.alias for n in nodes for c in n.containers)))
         write_starter_file(state, ctx.jobid, user, cfg, run if ctx.is_ms else "sister",
-                           alias=str(started[0]["alias"]), path=runtime.image_path(reference),
+                           alias=started[0].alias, path=runtime.image_path(reference),
                            usage_table=model == "process" or cfg.log_verbose, image=reference, model=model,
-                           local_aliases=[str(c["alias"]) for c in started],
+                           local_aliases=[c.alias for c in started],
                            node_aliases=[n.containers[0].alias for n in nodes])
         where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
                  else f"{len(started)} container(s)")
@@ -172,8 +151,6 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         if note:
             log.warning(ctx.jobid, note)
         log.info(ctx.jobid, f"{ctx.kind} ready on {cfg.node_name()}: {setup.summary} [{timer.line()}]")
-        if ctx.is_ms:
-            state.forget_attempts(ctx.jobid)
         return setup
     except BaseException:
         undone = teardown(cfg, ctx.jobid, runtime=runtime, nodefile=ctx.nodefile if ctx.is_ms else None, log=log)
@@ -188,7 +165,8 @@ def nodefile_note(ctx: HookContext, assigned: Sequence[str]) -> str:
     """A word for the job when pbs_mom's nodefile was not the assigned slots (the job set
     BEOWULF_JOB_MAP): it is replaced anyway, this only says why it changed."""
     try:
-        lines = [line.strip() for line in Path(ctx.nodefile).read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line.strip() for line in Path(str(ctx.nodefile)).read_text(errors="replace").splitlines()
+                 if line.strip()]
     except OSError:
         return ""
     # pbs_mom's $nodefile_suffix may follow each host name.
@@ -200,7 +178,6 @@ def nodefile_note(ctx: HookContext, assigned: Sequence[str]) -> str:
 
 def sweep_node(cfg: Config, ctx: HookContext, runtime: Runtime, log: Log) -> None:
     """Remove what jobs mom no longer knows left on this node; never fails the job."""
-    from . import sweep
     try:
         sweep.gc(cfg, str(ctx.pbs_home), grace=cfg.jobs_sweep_grace, server=sweep.server_of(ctx.jobid),
                  log=log, runtime=runtime, skip=ctx.jobid)
@@ -208,17 +185,8 @@ def sweep_node(cfg: Config, ctx: HookContext, runtime: Runtime, log: Log) -> Non
         log.warning(ctx.jobid, f"sweep failed: {exc}")
 
 
-def starter_installed(pbs_home: Path) -> bool:
-    """Is our job starter pbs_mom's ``$job_starter``? Only then can the script move into the container."""
-    try:
-        text = (Path(pbs_home) / "mom_priv" / "config").read_text()
-    except OSError:
-        return False
-    return any(line.split()[:1] == ["$job_starter"] and "torque-docker" in line for line in text.splitlines())
-
-
 def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
-    if not starter_installed(pbs_home):
+    if not MomConfig.of(pbs_home).starter_is_ours():
         if request.run == "container":
             raise PolicyError("run=container needs the torque-docker job starter, which this node lacks",
                               "use run=host, or ask the admin to run 'torque-docker install' (it sets $job_starter)")
@@ -229,18 +197,23 @@ def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
 def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config, run: str, alias: str,
                        path: str = "", refusal: str = "", usage_table: bool = False, image: str = "",
                        model: str = "node", local_aliases: Sequence[str] = (), node_aliases: Sequence[str] = ()) -> None:
-    """What the job starter (running as the user) needs on this node: where and how to run the
-    script and the TM tasks, or why the job was refused. Root's, in the root-owned job
-    directory, readable by the job's group: the user can read it but neither change nor
-    remove it (a refusal must hold)."""
-    info = {"jobid": jobid, "run": run, "alias": alias, "ctr_dir": str(state.ctr_dir(jobid)), "shell": user.shell,
-            "ssh_config": str(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"),
-            "env_deny": list(cfg.env_deny), "env_pass": list(cfg.env_pass), "path": path, "refusal": refusal,
-            "usage_table": usage_table, "image": image, "model": model, "local_aliases": list(local_aliases),
-            "node_aliases": list(node_aliases)}
-    # Open MPI may use its single-copy path (CMA) only where the containers' profile allows it.
-    info["cma"] = bool(run != "refused" and cfg.docker_seccomp_profile and seccomp.cma_works(seccomp.profile_text(cfg)))
-    write_file(state.job_dir(jobid) / STARTER_RECORD, json.dumps(info, indent=1), 0o640, uid=0, gid=user.gid)
+    """What the job starter (running as the user) needs on this node (records.StarterInfo):
+    where and how to run the script and the TM tasks, or why the job was refused. Root's, in
+    the root-owned job directory, readable by the job's group: the user can read it but
+    neither change nor remove it (a refusal must hold)."""
+    info = StarterInfo(
+        jobid=jobid, run=run, alias=alias, ctr_dir=str(state.ctr_dir(jobid)), shell=user.shell,
+        ssh_config=str(host_ssh_config(cfg, jobid)), env_deny=tuple(cfg.env_deny), env_pass=tuple(cfg.env_pass),
+        path=path, refusal=refusal, usage_table=usage_table, image=image, model=model,
+        local_aliases=tuple(local_aliases), node_aliases=tuple(node_aliases),
+        # Open MPI may use its single-copy path (CMA) only where the containers' profile allows it.
+        cma=bool(run != "refused" and cfg.docker_seccomp_profile and seccomp.cma_works(seccomp.profile_text(cfg))))
+    write_file(state.job_dir(jobid) / STARTER_RECORD, info.to_json(), 0o640, uid=0, gid=user.gid)
+
+
+def host_ssh_config(cfg: Config, jobid: str) -> Path:
+    """The job's SSH config for the host's ssh (found through the drop-in's Include)."""
+    return Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"
 
 
 def record_refusal(cfg: Config, jobid: str, user_name: str, text: str, refusal_file: Optional[str] = None) -> None:
@@ -251,27 +224,28 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str, refusal_f
     job_dir, ctr = state.job_dir(jobid), state.ctr_dir(jobid)
     ensure_dir(job_dir, 0o755)
     ensure_dir(ctr, 0o711)
-    state.save_job(jobid, {"jobid": jobid, "user": user.name, "refused": True, "containers": [],
-                           "started": time.time(), "host": cfg.node_name(), "refusal_file": refusal_file or ""})
+    state.save_job(JobRecord(jobid=jobid, user=user.name, refused=True, started=time.time(), host=cfg.node_name(),
+                             refusal_file=refusal_file or ""))
     write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
 
 
 def refusal_note(cfg: Config, jobid: str) -> Optional[str]:
     """For the end of a refused job's .o (its only other line is the teardown's): where the reason is."""
     record = NodeState(cfg.paths_state_dir).load_job(jobid)
-    if not record.get("refused"):
+    if not record.refused:
         return None
-    where = record.get("refusal_file") or ""
+    where = record.refusal_file
     return (f"torque-docker: job {jobid} was refused and its script did not run: the reason is in the job's .e file"
             + (f" and in {where}" if where else ""))
 
 
-def fit_login_shell(runtime: Runtime, state: NodeState, jobid: str, user: UserInfo, ident: str) -> None:
+def fit_login_shell(job: JobContext, ident: str) -> None:
     """sshd refuses every login of a user whose shell does not exist, so the containers' passwd
     names the user's login shell only when the image has it, else /bin/sh. (The job's own
     shell is another matter: the job starter checks the one Torque chose.)"""
-    if user.shell and user.shell != "/bin/sh" and not runtime.has_file(ident, user.shell):
-        write_in_place(state.ctr_dir(jobid) / "passwd",
+    user = job.user
+    if user.shell and user.shell != "/bin/sh" and not job.runtime.has_file(ident, user.shell):
+        write_in_place(job.state.ctr_dir(job.jobid) / "passwd",
                        render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, "/bin/sh"))
 
 
@@ -349,28 +323,27 @@ def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: 
 
 
 @contextlib.contextmanager
-def _image_lock(cfg: Config, key: str, timeout: Optional[float]):
-    from filelock import Timeout
+def _image_lock(cfg: Config, key: str, timeout: Optional[float]) -> Iterator[None]:
+    from .state import LockTimeout
     lock = NodeState(cfg.paths_state_dir).image_lock(key, cfg.images_pull_timeout if timeout is None else timeout)
     try:
         lock.acquire()
-    except Timeout:
-        raise ImageError(f"another job or stager has been fetching {key} for over {lock.timeout:.0f} s",
-                         "try again later, or ask the admin to stage the image", user_error=False) from None
+    except LockTimeout:
+        raise ImageBusy(key, lock.timeout) from None
     try:
         yield
     finally:
         lock.release()
 
 
-class Bind(tuple):
+class Bind(Tuple[str, str, bool]):
     """``(host source, container target, read only)``; for a user-chosen directory also the
     descriptor it was checked through (``pin``), from which it is staged (see hostpath.py)."""
 
     pin: Optional[hostpath.Pinned]
 
     def __new__(cls, source: str, target: str, read_only: bool, pin: Optional[hostpath.Pinned] = None) -> "Bind":
-        self = super().__new__(cls, (source, target, read_only))
+        self = tuple.__new__(cls, (source, target, read_only))   # mypy: the 3 fields, as the base says
         self.pin = pin
         return self
 
@@ -481,30 +454,11 @@ def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Pat
     return binds
 
 
-def stage_dir(state: NodeState, jobid: str) -> Path:
-    """Root-only: where a job's user-chosen directories are bind-mounted for Docker."""
-    return state.root / "mnt" / safe_jobid(jobid)
-
-
 def stage_binds(state: NodeState, jobid: str, binds: Sequence[Bind]) -> List[Tuple[str, str, bool]]:
     """The binds Docker gets: every pinned source replaced by its root-owned staging point."""
     ensure_dir(state.root / "mnt", 0o700)
     points = iter(hostpath.stage([b.pin for b in binds if b.pin is not None], stage_dir(state, jobid)))
     return [(next(points) if b.pin is not None else b[0], b[1], b[2]) for b in binds]
-
-
-def release_job_files(state: NodeState, jobid: str) -> None:
-    """Take the job's mounts on this node down (staging points, the job's tmpfs) and remove
-    the job directory; never deletes through a mount."""
-    hostpath.unstage(stage_dir(state, jobid))
-    job_dir = state.job_dir(jobid)
-    if not job_dir.exists():
-        return
-    hostpath.unmount(state.ctr_dir(jobid))
-    left = hostpath.mounts_under(job_dir) + hostpath.mounts_under(stage_dir(state, jobid))
-    if left:
-        raise NodeFault(f"still mounted: {', '.join(left)}", "unmount them; torque-docker gc retries")
-    shutil.rmtree(job_dir)
 
 
 def image_tag(image_id: str) -> str:
@@ -587,20 +541,20 @@ def cgroup_parent(cfg: Config, jobid: str) -> Optional[str]:
     return cfg.cgroups_parent or None
 
 
-def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookContext, user: UserInfo,
-                     local: plan.NodePlan, image: str, address: str,
-                     binds: List[Tuple[str, str, bool]], token: str,
-                     limits: ContainerLimits = ContainerLimits(), image_id: str = "") -> List[Dict[str, object]]:
+def start_containers(job: JobContext, local: plan.NodePlan, binds: Sequence[Tuple[str, str, bool]],
+                     limits: ContainerLimits = ContainerLimits()) -> List[StartedContainer]:
     """Start this node's containers in parallel; each returns once its sshd answers.
 
     With model=process the first container owns an IPC namespace the others join, so the
     ranks of a node can share memory (/dev/shm, SysV) across containers.
     """
+    cfg, runtime, state, user = job.cfg, job.runtime, job.state, job.user
+    image, image_id, address = job.image, job.image_id, job.address
     deadline = time.monotonic() + cfg.ssh_ready_timeout
-    host = cfg.node_name()
+    host = job.host
     # Where mpirun runs with run=container (the MS's first container), the other containers
     # of its own node must not resolve: Open MPI would take them for itself (docs/design.md, MPI trap 2).
-    launcher_hosts = ctx.is_ms and len(local.containers) > 1
+    launcher_hosts = job.is_ms and len(local.containers) > 1
 
     first = local.containers[0]
 
@@ -609,11 +563,11 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
             return None
         return "shareable" if container is first else f"container:{first.name}"
 
-    def one(container: plan.ContainerPlan) -> Dict[str, object]:
+    def one(container: plan.ContainerPlan) -> StartedContainer:
         tried: List[int] = []
-        ctoken = probe.container_token(token, ctx.node_index, container.slot)
+        ctoken = probe.container_token(job.secrets.token, job.node_index, container.slot)
         while True:
-            port = state.reserve_port(ctx.jobid, address, container.candidates, skip=tried)
+            port = state.reserve_port(job.jobid, address, container.candidates, skip=tried)
             tried.append(port)
             spec = ContainerSpec(
                 image=image, name=container.name, hostname=container.alias,
@@ -621,7 +575,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                          "-o", f"VersionAddendum={ctoken}" + (f"-{image_tag(image_id)}" if image_id else ""),
                          "-o", f"ListenAddress={address}:{port}"),
                 user=f"{user.uid}:{user.gid}", group_add=tuple(str(g) for g in user.gids[1:]),
-                labels={L_JOB: ctx.jobid, L_HOST: host, L_NODE: str(ctx.node_index), L_SLOT: str(container.slot),
+                labels={L_JOB: job.jobid, L_HOST: host, L_NODE: str(job.node_index), L_SLOT: str(container.slot),
                         L_ALIAS: container.alias, L_USER: user.name, L_PORT: str(port)},
                 binds=tuple(binds), shm_size=cfg.jobs_shm_size,
                 cpuset_cpus=limits.cpuset(container.slot),
@@ -643,17 +597,17 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                 problem = ids_problem(runtime, ident, user)
                 if problem:
                     runtime.remove(ident)
-                    state.release_ports(ctx.jobid, [f"{address}:{port}"])
+                    state.release_ports(job.jobid, [f"{address}:{port}"])
                     raise ImageError(f"image {image}: the container does not run as exactly {user.name}'s ids: "
                                      f"{problem}; it was removed",
                                      "use an image whose /etc/group and /etc/passwd have no names that are numbers",
                                      user_error=True)
-                return {"id": ident, "name": container.name, "alias": container.alias, "port": port,
-                        "slot": container.slot, "address": address}
+                return StartedContainer(id=ident, name=container.name, alias=container.alias, port=port,
+                                        slot=container.slot, address=address)
             except ContainerFault as exc:
                 logs = runtime.logs(ident)
                 runtime.remove(ident)
-                state.release_ports(ctx.jobid, [f"{address}:{port}"])
+                state.release_ports(job.jobid, [f"{address}:{port}"])
                 busy = "Address already in use" in logs or "Bind to port" in logs
                 if busy and len(tried) < len(container.candidates) and time.monotonic() < deadline:
                     continue   # somebody took the port between our check and sshd's bind
@@ -663,7 +617,7 @@ def start_containers(runtime: Runtime, state: NodeState, cfg: Config, ctx: HookC
                     raise sshd_exited(image, cfg.ssh_sshd_path, logs) from None
                 raise type(exc)(f"{exc.message}; container log: {logs[-300:] or 'empty'}", exc.fix) from None
 
-    results: List[Dict[str, object]] = [one(first)]     # the others join its IPC namespace
+    results: List[StartedContainer] = [one(first)]     # the others join its IPC namespace
     containers = list(local.containers[1:])
     first_error: Optional[BaseException] = None
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(containers)))) as pool:
@@ -773,11 +727,12 @@ def container_tmpfs(volumes: Sequence[str], binds: Sequence[Tuple[str, str, bool
 
 # --------------------------------------------------------------------------- MS: connect the nodes
 def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo, nodes: Sequence[plan.NodePlan],
-                local_started: Sequence[Dict[str, object]], address: str, secrets_: keys.JobSecrets,
+                local_started: Sequence[StartedContainer], address: str, secrets_: keys.JobSecrets,
                 timer: Timer, image_id: str = "", image: str = "", *, assigned: Sequence[str]) -> None:
     """Find where every sister container listens, write the SSH files, push them, rewrite the nodefile."""
-    endpoints: Dict[str, Tuple[str, int]] = {str(c["alias"]): (address, int(c["port"])) for c in local_started}
-    targets: Dict[str, Tuple[str, Sequence[int]]] = {}
+    assert ctx.nodefile is not None                       # the MS's
+    endpoints: Dict[str, Tuple[str, int]] = {c.alias: (address, c.port) for c in local_started}
+    targets: Dict[str, Tuple[str, Sequence[int], str]] = {}
     for node in nodes[1:]:
         node_address = resolve_address(node.host)
         for container in node.containers:
@@ -807,7 +762,7 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
             endpoints[alias] = (targets[alias][0], port)
     timer.step("probe")
 
-    ordered = [{"alias": c.alias, "address": endpoints[c.alias][0], "port": endpoints[c.alias][1]}
+    ordered: List[Dict[str, Any]] = [{"alias": c.alias, "address": endpoints[c.alias][0], "port": endpoints[c.alias][1]}
                for n in nodes for c in n.containers]
     ctr = state.ctr_dir(ctx.jobid)
     common = dict(jobid=ctx.jobid, user=user.name, containers=ordered)
@@ -843,10 +798,6 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
     write_in_place(Path(ctx.nodefile), rewritten)
     # The host's $PBS_HOME is not in the containers; run=container jobs read this copy.
     write_file(ctr / "nodefile", rewritten, 0o644)
-    record = state.load_job(ctx.jobid)
-    record.update(ssh_config=str(host_config), nodefile=str(ctx.nodefile),
-                  aliases=[c["alias"] for c in ordered])
-    state.save_job(ctx.jobid, record)
     timer.step("nodefile")
 
 
@@ -887,83 +838,3 @@ def push_container_files(host_config: Path, aliases: Sequence[str], files: Dict[
     if failures:
         raise NodeFault(f"cannot reach the job's containers over ssh: {'; '.join(failures)}",
                         "check that sshd in the image works as a non-root user")
-
-
-# --------------------------------------------------------------------------- teardown
-@dataclass
-class Teardown:
-    removed: int = 0
-    errors: List[str] = field(default_factory=list)
-
-
-def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, nodefile: Optional[Path] = None,
-             log: Optional[Log] = None) -> Teardown:
-    """Remove everything of jobid on this node. Every step runs; the errors are returned."""
-    result = Teardown()
-    state = NodeState(cfg.paths_state_dir)
-    record = state.load_job(jobid)
-    host = cfg.node_name()
-
-    def step(name: str, action: Callable[[], object]) -> None:
-        try:
-            action()
-        except Exception as exc:   # keep going: the next step must still run
-            result.errors.append(f"{name}: {exc}")
-
-    def remove_containers() -> None:
-        rt = runtime or runtime_for(cfg)
-        idents = {c.id for c in rt.containers(jobid=jobid, host=host)}
-        idents |= {str(c["id"]) for c in record.get("containers", []) if c.get("id")}
-        if not idents:
-            return
-
-        def account_and_remove(ident: str) -> "bool | Exception":
-            if log is not None:      # per-container accounting for the admin log, before it is gone
-                used = _try(rt.usage, ident)
-                if used and not isinstance(used, Exception):
-                    log.info(jobid, f"usage {used.name}: cpu={used.cpu_seconds:.2f}s "
-                                    f"peak_mem={used.peak_bytes}B wall={used.ended - used.started:.1f}s")
-            return _try(rt.remove, ident)
-
-        with ThreadPoolExecutor(max_workers=min(16, len(idents))) as pool:
-            outcomes = list(pool.map(account_and_remove, idents))
-        result.removed = sum(1 for o in outcomes if o is True)
-        failures = [str(o) for o in outcomes if isinstance(o, Exception)]
-        if failures:
-            raise NodeFault("; ".join(failures))
-
-    step("containers", remove_containers)
-    step("ports", lambda: state.release_ports(jobid))
-    step("cores", lambda: state.release_cores(jobid))
-    step("ssh config", lambda: _unlink(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"))
-    if nodefile is not None:
-        step("nodefile", lambda: _restore_nodefile(state, jobid, Path(nodefile)))
-    # The host's view of the job's mounts can go even while a container still runs (each
-    # container holds its own); the job directory goes last, and only once its containers
-    # are gone (gc retries), never through a mount.
-    step("mounts", lambda: hostpath.unstage(stage_dir(state, jobid)))
-    if not result.errors:
-        step("job directory", lambda: release_job_files(state, jobid))
-    if log is not None and result.removed:
-        log.info(jobid, f"removed {result.removed} container(s) on {host}")
-    return result
-
-
-def _try(fn: Callable[[str], bool], arg: str) -> "bool | Exception":
-    try:
-        return fn(arg)
-    except Exception as exc:
-        return exc
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _restore_nodefile(state: NodeState, jobid: str, nodefile: Path) -> None:
-    saved = state.job_dir(jobid) / "nodefile.orig"
-    if saved.exists() and nodefile.exists():
-        write_in_place(nodefile, saved.read_text())

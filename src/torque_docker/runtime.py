@@ -12,7 +12,7 @@ import re
 import tarfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -21,6 +21,9 @@ from docker.types import Ulimit
 
 from . import limits
 from .errors import ContainerFault, ImageError, NodeFault, no_sshd
+
+if TYPE_CHECKING:
+    from .config import Config
 
 LABEL = "torque-docker"          # every container we make carries LABEL.job etc.
 L_JOB, L_HOST, L_NODE, L_SLOT = f"{LABEL}.job", f"{LABEL}.host", f"{LABEL}.node-index", f"{LABEL}.slot"
@@ -88,6 +91,27 @@ class Runtime:
             self.client = docker.DockerClient(base_url=endpoint, version="auto", timeout=int(max(timeout, 1)))
         except DockerException as exc:
             raise NodeFault(f"the Docker daemon at {endpoint} does not answer ({_short(exc)})",
+                            "start dockerd on this node (systemctl start docker)") from None
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "Runtime":
+        """The node's Docker daemon, as ``[docker] endpoint`` and ``api_timeout`` name it."""
+        return cls(cfg.docker_endpoint, cfg.docker_api_timeout)
+
+    def ping(self) -> None:
+        """Does the daemon answer? A NodeFault saying how to start it when not."""
+        try:
+            self.client.ping()
+        except DockerException as exc:
+            raise NodeFault(f"the Docker daemon does not answer ({_short(exc)})",
+                            "start dockerd on this node (systemctl start docker)") from None
+
+    def version(self) -> str:
+        """The daemon's version (``?`` when it does not say)."""
+        try:
+            return str(self.client.version().get("Version", "?"))
+        except DockerException as exc:
+            raise NodeFault(f"the Docker daemon does not say its version ({_short(exc)})",
                             "start dockerd on this node (systemctl start docker)") from None
 
     # ---- images -----------------------------------------------------------

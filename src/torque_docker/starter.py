@@ -30,7 +30,6 @@ Kept light on imports: it runs in front of every job and every TM task on the no
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import shlex
@@ -40,6 +39,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
+
+from .records import StarterInfo
 
 CTR_DIR = "/run/torque-docker"
 RECORD = "starter.json"          # in <state_dir>/jobs/<jobid>/, written by the prologues as root
@@ -54,7 +55,7 @@ LAUNCHER_ENV: Dict[str, str] = {
     "OMPI_MCA_plm_rsh_agent": "ssh",
     "OMPI_MCA_ras": "^tm",                             # the allocation is the rewritten nodefile
     "OMPI_MCA_orte_set_default_slots": "none",         # count nodefile lines, not cores seen in a container
-    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # unless record["cma"]: see launcher_env
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # unless record.cma: see launcher_env
     "OMPI_MCA_btl_tcp_if_exclude": "127.0.0.1/8,sppp,docker0",
     "OMPI_MCA_oob_tcp_if_exclude": "127.0.0.1/8,sppp,docker0",
     "HYDRA_LAUNCHER": "ssh",                           # MPICH: ssh, not a TM/PBS launcher
@@ -62,12 +63,12 @@ LAUNCHER_ENV: Dict[str, str] = {
 }
 
 
-def launcher_env(record: Mapping) -> Dict[str, str]:
+def launcher_env(record: StarterInfo) -> Dict[str, str]:
     """LAUNCHER_ENV for this job: Docker's default seccomp profile refuses CMA's
     process_vm_readv, so Open MPI must not try it unless the prologue recorded that the
     containers got a profile allowing it (``cma``); then Open MPI picks its own default."""
     env = dict(LAUNCHER_ENV)
-    if record.get("cma") is True:
+    if record.cma:
         del env["OMPI_MCA_btl_vader_single_copy_mechanism"]
     return env
 
@@ -106,27 +107,27 @@ def main(argv: Sequence[str]) -> int:
     pbs_home = pbs_home_of(argv[0])
     if record is None:
         return run_plain(kind, argv, pbs_home, entries)
-    if record.get("refusal"):
-        print(record["refusal"], file=sys.stderr, flush=True)
+    if record.refusal:
+        print(record.refusal, file=sys.stderr, flush=True)
         return 1
     if kind == "task":
         return run_task(record, list(argv[1:]), environ)
     shell = argv[1]
     env = dict(environ)
     env.update(launcher_env(record))
-    env["TORQUE_DOCKER_SSH_CONFIG"] = record.get("ssh_config", "")
-    env["TORQUE_DOCKER_ALIAS"] = record.get("alias", "")
+    env["TORQUE_DOCKER_SSH_CONFIG"] = record.ssh_config
+    env["TORQUE_DOCKER_ALIAS"] = record.alias
     if env.get("PBS_NODEFILE"):    # plain `mpirun prog` uses the job's slots, as with TM
         env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
-    if record.get("run") != "container":
+    if record.run != "container":
         # run=host: the paper's way, ranks still land in containers. MPICH's mpiexec would
         # hand the host's whole environment (PATH, LD_LIBRARY_PATH, ...) to every rank; the
         # ranks take the job's environment from the containers' ssh logins instead.
         env["HYDRA_ENV"] = "none"
     share_job_env(record, container_env(record, env))
-    if record.get("run") != "container":
+    if record.run != "container":
         login = mom_option(pbs_home, "source_login_interactive" if kind == "interactive" else "source_login_batch")
-        if not record.get("usage_table"):
+        if not record.usage_table:
             exec_shell(shell, login, [os.fsencode(f"{k}={v}") for k, v in env.items()])
         code = subprocess.call([shell_argv0(shell, login)], executable=shell, env=env, restore_signals=False)
         print_usage(record, env)
@@ -202,7 +203,7 @@ def trusted_config_path(pbs_home: Path) -> str:
     return DEFAULT_PATH
 
 
-def job_record(jobid: str, argv0: str) -> Optional[dict]:
+def job_record(jobid: str, argv0: str) -> Optional[StarterInfo]:
     """What this node's prologue left for the starter, or None for a job without containers.
 
     A job directory without a readable, root-owned record is a refusal: a container job's
@@ -213,28 +214,28 @@ def job_record(jobid: str, argv0: str) -> Optional[dict]:
         cfg = load(trusted_config_path(pbs_home_of(argv0)))
         job_dir = Path(cfg.paths_state_dir) / "jobs" / safe_jobid(jobid)
     except Exception as exc:
-        return {"refusal": f"torque-docker: job {jobid}: cannot read the node's configuration ({exc}); "
-                           "the job did not run, please tell the admin"}
+        return StarterInfo.refused(f"torque-docker: job {jobid}: cannot read the node's configuration ({exc}); "
+                                   "the job did not run, please tell the admin")
     try:
         fd = os.open(job_dir / RECORD, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         if not job_dir.exists():
             return None
-        return {"refusal": f"torque-docker: job {jobid}: the container set-up on this node is incomplete "
-                           f"(no {RECORD}); the job did not run, please tell the admin"}
+        return StarterInfo.refused(f"torque-docker: job {jobid}: the container set-up on this node is incomplete "
+                                   f"(no {RECORD}); the job did not run, please tell the admin")
     except OSError as exc:
-        return {"refusal": f"torque-docker: job {jobid}: cannot read the container set-up ({exc}); "
-                           "the job did not run, please tell the admin"}
+        return StarterInfo.refused(f"torque-docker: job {jobid}: cannot read the container set-up ({exc}); "
+                                   "the job did not run, please tell the admin")
     try:
         info = os.fstat(fd)
         if info.st_uid != 0 or not stat.S_ISREG(info.st_mode) or info.st_mode & 0o022:
-            return {"refusal": f"torque-docker: job {jobid}: {job_dir / RECORD} was not written by root; "
-                               "the job did not run, please tell the admin"}
+            return StarterInfo.refused(f"torque-docker: job {jobid}: {job_dir / RECORD} was not written by root; "
+                                       "the job did not run, please tell the admin")
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            return json.loads(handle.read().decode("utf-8"))
+            return StarterInfo.from_json(handle.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
-        return {"refusal": f"torque-docker: job {jobid}: the container set-up is unreadable ({exc}); "
-                           "the job did not run, please tell the admin"}
+        return StarterInfo.refused(f"torque-docker: job {jobid}: the container set-up is unreadable ({exc}); "
+                                   "the job did not run, please tell the admin")
     finally:
         os.close(fd)
 
@@ -243,20 +244,8 @@ def job_record(jobid: str, argv0: str) -> Optional[dict]:
 def mom_option(pbs_home: Path, name: str, default: bool = True) -> bool:
     """A boolean of pbs_mom's config (mom_priv/config is root's and readable by all), parsed
     as mom does (src/resmom/parse_config.c setbool()); mom's default when absent."""
-    value = default
-    try:
-        text = (pbs_home / "mom_priv" / "config").read_text()
-    except OSError:
-        return value
-    for line in text.splitlines():
-        words = line.split(None, 1)
-        if len(words) == 2 and words[0] == f"${name}":
-            word = words[1].strip()
-            if word[:1] in ("t", "T", "y", "Y", "1") or word.lower() == "on":
-                value = True
-            elif word[:1] in ("f", "F", "n", "N", "0") or word.lower() == "off":
-                value = False
-    return value
+    from .torque import MomConfig
+    return MomConfig.of(pbs_home).flag(name, default)
 
 
 def shell_argv0(shell: str, login: bool) -> str:
@@ -323,15 +312,15 @@ def filtered_env(environ: Mapping[str, str], deny: Sequence[str], allow: Sequenc
     return out
 
 
-def container_env(info: dict, environ: Mapping[str, str], alias: Optional[str] = None) -> Dict[str, str]:
+def container_env(info: StarterInfo, environ: Mapping[str, str], alias: Optional[str] = None) -> Dict[str, str]:
     """The job's environment as it should be inside the image."""
-    env = filtered_env(environ, info.get("env_deny", []), info.get("env_pass", ["*"]))
+    env = filtered_env(environ, info.env_deny, info.env_pass)
     env.update(launcher_env(info))
-    env["PATH"] = info.get("path") or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
+    env["PATH"] = info.path or "/usr/local/bin:/usr/bin:/bin"   # the image's, not the host's
     env["PBS_NODEFILE"] = f"{CTR_DIR}/nodefile"                          # the rewritten one, seen inside
     env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
     env["TORQUE_DOCKER_SSH_CONFIG"] = f"{CTR_DIR}/ssh_config"           # the job's SSH config, inside
-    env["TORQUE_DOCKER_ALIAS"] = alias or str(info.get("alias", ""))
+    env["TORQUE_DOCKER_ALIAS"] = alias or info.alias
     env.pop("HYDRA_ENV", None)        # run=host's setting for the host's mpiexec only
     env.setdefault("HOME", environ.get("HOME", "/"))
     return env
@@ -350,7 +339,7 @@ def env_file_text(env: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def share_job_env(record: dict, env: Mapping[str, str]) -> None:
+def share_job_env(record: StarterInfo, env: Mapping[str, str]) -> None:
     """Put the job's environment where ssh logins into every container of the job read it:
     this node's job directory (its containers mount it), and through one ssh login each,
     every other node's. The file is the user's own; root never reads it."""
@@ -358,10 +347,10 @@ def share_job_env(record: dict, env: Mapping[str, str]) -> None:
     text = env_file_text(env)
     # The prologue made the file, the user's own, in the root-owned job files: written in
     # place (nothing may be created there by the user).
-    fd = os.open(Path(record["ctr_dir"]) / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(Path(record.ctr_dir) / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    others = [a for a in record.get("node_aliases", [])[1:] if a]
+    others = [a for a in record.node_aliases[1:] if a]
     if not others:
         return
 
@@ -397,7 +386,7 @@ def read_job_line(stream) -> str:
     return line if line.strip() else ""
 
 
-def missing_shell_message(record: dict, shell: str) -> str:
+def missing_shell_message(record: StarterInfo, shell: str) -> str:
     """The one line a user sees when the image lacks the shell Torque chose for the job."""
     from .errors import printable
     try:
@@ -406,8 +395,8 @@ def missing_shell_message(record: dict, shell: str) -> str:
     except (KeyError, ImportError):
         login = ""
     source = "your login shell; no #PBS -S was given" if shell == login else "from #PBS -S"
-    return printable(f"torque-docker: job {record.get('jobid', '')}: the job's shell {shell} ({source}) is not in "
-                     f"image {record.get('image', '?')}; the script did not run: name a shell the image has with "
+    return printable(f"torque-docker: job {record.jobid}: the job's shell {shell} ({source}) is not in "
+                     f"image {record.image or '?'}; the script did not run: name a shell the image has with "
                      f"#PBS -S (e.g. #PBS -S /bin/bash), or add {shell} to the image")
 
 
@@ -436,9 +425,9 @@ def run_id() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
-def run_remote(record: dict, alias: str, command: str, rid: str, stdin_data: Optional[bytes]) -> int:
+def run_remote(record: StarterInfo, alias: str, command: str, rid: str, stdin_data: Optional[bytes]) -> int:
     """ssh into alias, forward signals pbs_mom sends (one for one), return the remote status."""
-    ctr = Path(record["ctr_dir"])
+    ctr = Path(record.ctr_dir)
     # Its own session: pbs_mom signals every process of the job's session on qdel, and an ssh
     # killed first would cut the script's output and exit status. The starter forwards each
     # signal into the container instead; the epilogue removing the containers ends ssh in any case.
@@ -503,13 +492,13 @@ def run_remote(record: dict, alias: str, command: str, rid: str, stdin_data: Opt
     return code
 
 
-def run_in_container(record: dict, shell: str, stdin, environ: Mapping[str, str], missing: str = "") -> int:
+def run_in_container(record: StarterInfo, shell: str, stdin, environ: Mapping[str, str], missing: str = "") -> int:
     line = read_job_line(stdin)
     if not line:
         print("torque-docker: the job starter got no job script on stdin", file=sys.stderr)
         return 1
     script_path, sep, rest = line.rstrip("\n").partition(" ")
-    ctr_host = Path(record["ctr_dir"])
+    ctr_host = Path(record.ctr_dir)
     # The script lives in mom_priv/jobs on the host; the container sees the job's directory.
     text = Path(script_path).read_bytes()
     fd = os.open(ctr_host / "job-script", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
@@ -521,19 +510,19 @@ def run_in_container(record: dict, shell: str, stdin, environ: Mapping[str, str]
     env = container_env(record, environ)
     rid = run_id()
     command = remote_command(os.getcwd(), env, [shell], rid, check=missing)
-    code = run_remote(record, record["alias"], command, rid, job_line)
-    if record.get("usage_table"):
+    code = run_remote(record, record.alias, command, rid, job_line)
+    if record.usage_table:
         print_usage(record, environ)
     return exit_like(code)
 
 
-def task_alias(record: dict, environ: Mapping[str, str]) -> str:
+def task_alias(record: StarterInfo, environ: Mapping[str, str]) -> str:
     """The container of a TM task: its node's (model=node), or its slot's (model=process: the
     nodefile line PBS_VNODENUM names, when that container is on this node)."""
-    local = [a for a in record.get("local_aliases", []) if a] or [record.get("alias", "")]
-    if record.get("model") == "process":
+    local = [a for a in record.local_aliases if a] or [record.alias]
+    if record.model == "process":
         try:
-            lines = (Path(record["ctr_dir"]) / "nodefile").read_text().split()
+            lines = (Path(record.ctr_dir) / "nodefile").read_text().split()
             alias = lines[int(environ.get("PBS_VNODENUM", ""))]
             if alias in local:
                 return alias
@@ -542,7 +531,7 @@ def task_alias(record: dict, environ: Mapping[str, str]) -> str:
     return local[0]
 
 
-def run_task(record: dict, argv: List[str], environ: Mapping[str, str]) -> int:
+def run_task(record: StarterInfo, argv: List[str], environ: Mapping[str, str]) -> int:
     """A TM task of a container job: the same program, arguments and environment rules as
     the batch script, in its container, as the user, its status back to the spawner."""
     alias = task_alias(record, environ)
@@ -556,7 +545,7 @@ def run_task(record: dict, argv: List[str], environ: Mapping[str, str]) -> int:
     return exit_like(run_remote(record, alias, command, rid, b"" if stdin_is_null else None))
 
 
-def interactive_argv(info: dict, shell: str, cwd: str, environ: Mapping[str, str], check: str = "",
+def interactive_argv(info: StarterInfo, shell: str, cwd: str, environ: Mapping[str, str], check: str = "",
                      login: bool = True) -> List[str]:
     """ssh with a terminal into the MS container, starting the job's shell where Torque would."""
     env = container_env(info, environ)
@@ -568,7 +557,7 @@ def interactive_argv(info: dict, shell: str, cwd: str, environ: Mapping[str, str
     flag = " -l" if login and os.path.basename(shell) in LOGIN_FLAG_SHELLS else ""
     command = (f"cd {shlex.quote(cwd)} 2>/dev/null || cd; {test}"
                f"exec env -i {assignments} {shlex.quote(shell)}{flag}")
-    return ssh_argv(info["alias"], command, tty=True)
+    return ssh_argv(info.alias, command, tty=True)
 
 
 def exit_like(code: int) -> int:
@@ -589,7 +578,7 @@ def job_aliases(environ: Mapping[str, str]) -> List[str]:
     return list(dict.fromkeys(lines))
 
 
-def print_usage(info: dict, environ: Mapping[str, str]) -> None:
+def print_usage(info: StarterInfo, environ: Mapping[str, str]) -> None:
     """The per-container usage table at the end of the job's .o (model=process, or verbose)."""
     from concurrent.futures import ThreadPoolExecutor
     from .usage import INSIDE, parse_inside, table
@@ -608,5 +597,5 @@ def print_usage(info: dict, environ: Mapping[str, str]) -> None:
     with ThreadPoolExecutor(max_workers=min(16, len(aliases))) as pool:
         rows = [r for r in pool.map(one, aliases) if r]
     if rows:
-        sys.stdout.write(table(rows, info.get("jobid", "")))
+        sys.stdout.write(table(rows, info.jobid))
         sys.stdout.flush()

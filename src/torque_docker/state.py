@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from filelock import Timeout
 
 from .errors import ContainerFault, NodeFault
+from .records import JobRecord
 from .torque import safe_jobid
 
 LOCK_TIMEOUT = 30.0
@@ -206,19 +207,22 @@ class NodeState:
         out = []
         for path in sorted((self.root / "jobs").glob("*/job.json")):
             try:
-                out.append(json.loads(path.read_text())["jobid"])
-            except (OSError, ValueError, KeyError):
+                jobid = JobRecord.from_json(path.read_text()).jobid
+            except (OSError, ValueError):
                 continue
+            if jobid:
+                out.append(jobid)
         return out
 
-    def load_job(self, jobid: str) -> Dict[str, Any]:
+    def load_job(self, jobid: str) -> JobRecord:
+        """The job's record on this node; an empty one (nothing made) when there is none or it is unreadable."""
         try:
-            return json.loads((self.job_dir(jobid) / "job.json").read_text())
+            return JobRecord.from_json((self.job_dir(jobid) / "job.json").read_text(), jobid)
         except (OSError, ValueError):
-            return {}
+            return JobRecord(jobid)
 
-    def save_job(self, jobid: str, record: Dict[str, Any]) -> None:
-        write_file(self.job_dir(jobid) / "job.json", json.dumps(record, indent=1, sort_keys=True), 0o600)
+    def save_job(self, record: JobRecord) -> None:
+        write_file(self.job_dir(record.jobid) / "job.json", record.to_json(), 0o600)
 
     # ---- attempts (requeue loops) -----------------------------------------
     def count_attempt(self, jobid: str) -> int:
@@ -287,7 +291,7 @@ class NodeState:
                     table[key] = {"job": jobid, "time": time.time()}
                     write_file(path, json.dumps(table, indent=0, sort_keys=True), 0o600)
                     return port
-        except Timeout:
+        except LockTimeout:
             raise NodeFault(f"the node lock {self.root / LOCK_DIR / 'node.lock'} is held for over {LOCK_TIMEOUT:.0f} s",
                             "look for a hung torque-docker process on this node") from None
         # Any user's processes can hold ports in the range: not a proven fault of the node.

@@ -116,11 +116,11 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
     the sweep to job ids of that Torque server (nodes or test sites sharing one Docker daemon
     under the same node names must not judge each other's jobs).
     """
-    from . import lifecycle      # lazily: lifecycle imports this module for its sweep
-    from .runtime import L_JOB
+    from .runtime import L_JOB, Runtime
     from .state import NodeState
+    from .teardown import teardown
 
-    runtime = runtime or lifecycle.runtime_for(cfg)
+    runtime = runtime or Runtime.from_config(cfg)
     now = time.time()
     candidates: Dict[str, float] = {}
 
@@ -132,7 +132,7 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
         seen(info.labels.get(L_JOB, ""), float(info.created or 0))
     state = NodeState(cfg.paths_state_dir)
     for jobid in state.job_ids():
-        seen(jobid, float(state.load_job(jobid).get("started", 0)))
+        seen(jobid, state.load_job(jobid).started)
     for reservation in state.reserved_ports().values():
         seen(str(reservation.get("job", "")), float(reservation.get("time", 0)))
     report: Dict[str, List[str]] = {"removed": [], "kept": [], "errors": []}
@@ -165,7 +165,7 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
             report["kept"].append(jobid)
             continue
         try:
-            result = lifecycle.teardown(cfg, jobid, runtime=runtime, log=log)
+            result = teardown(cfg, jobid, runtime=runtime, log=log)
         finally:
             os.close(claim)
         report["removed"].append(jobid)

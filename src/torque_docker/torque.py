@@ -52,12 +52,26 @@ def pbs_home_from(argv0: str, cwd: str) -> Path:
     return Path("/var/spool/torque")
 
 
+def _padded(argv: Sequence[str]) -> List[str]:
+    """pbs_mom's argv with every position this module reads present (a missing one is '')."""
+    return list(argv) + [""] * 12
+
+
+def resource_list_of(kind: str, argv: Sequence[str]) -> str:
+    """The job's resource list: ``$5`` of a prologue, ``$6`` of an epilogue (docs/torque-facts.md)."""
+    return _padded(argv)[5 if kind in PROLOGUES else 6]
+
+
+def job_and_user(argv: Sequence[str]) -> Tuple[str, str]:
+    """``$1`` and ``$2`` of every hook: the job id and the job's user name."""
+    args = _padded(argv)
+    return args[1], args[2]
+
+
 def context_from(kind: str, argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[str] = None) -> HookContext:
-    args = list(argv) + [""] * 12
-    if kind in PROLOGUES:
-        resource_list, exit_status = args[5], None
-    else:
-        resource_list = args[6]
+    args = _padded(argv)
+    resource_list, exit_status = resource_list_of(kind, argv), None
+    if kind not in PROLOGUES:
         try:
             exit_status = int(args[10])
         except ValueError:
@@ -76,6 +90,63 @@ def context_from(kind: str, argv: Sequence[str], environ: Mapping[str, str], cwd
                        resource_list=resource_list, node_index=node_index, pbs_home=pbs_home,
                        workdir=environ.get("PBS_O_WORKDIR", ""), nodefile=nodefile,
                        exit_status=exit_status, environ=dict(environ))
+
+
+@dataclass(frozen=True)
+class MomConfig:
+    """pbs_mom's own config, ``mom_priv/config`` (root's, readable by all): the one reader
+    of it. Lines are ``$name value``; a name given twice takes its last value, as mom's
+    parser (src/resmom/parse_config.c) sets each in turn."""
+
+    path: Path
+    entries: Tuple[Tuple[str, str], ...] = ()      # (``$name``, value) in file order
+
+    @classmethod
+    def read(cls, path: "str | Path") -> "MomConfig":
+        """The file at ``path``; an unreadable or missing one has no entries (mom's defaults)."""
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            text = ""
+        entries = []
+        for line in text.splitlines():
+            words = line.split(None, 1)
+            if words:
+                entries.append((words[0], words[1].strip() if len(words) > 1 else ""))
+        return cls(Path(path), tuple(entries))
+
+    @classmethod
+    def of(cls, pbs_home: "str | Path") -> "MomConfig":
+        return cls.read(Path(pbs_home) / "mom_priv" / "config")
+
+    def values(self, name: str) -> List[str]:
+        """Every value of ``$name``, in file order."""
+        return [value for key, value in self.entries if key == f"${name}"]
+
+    def flag(self, name: str, default: bool) -> bool:
+        """A boolean as mom's setbool() reads it: the last word it understands wins."""
+        result = default
+        for word in self.values(name):
+            if word[:1] in ("t", "T", "y", "Y", "1") or word.lower() == "on":
+                result = True
+            elif word[:1] in ("f", "F", "n", "N", "0") or word.lower() == "off":
+                result = False
+        return result
+
+    def number(self, name: str, default: int) -> int:
+        """A whole number (``$prologalarm 300``); ``default`` when absent or unreadable."""
+        found = [int(v) for v in self.values(name) if v.isdigit()]
+        return found[-1] if found else default
+
+    def job_starter(self) -> Optional[str]:
+        """The ``$job_starter`` pbs_mom runs (its last line), or None without one."""
+        starters = self.values("job_starter")
+        return starters[-1] if starters else None
+
+    def starter_is_ours(self) -> bool:
+        """Is torque-docker's job starter pbs_mom's ``$job_starter``? Only then can a script move
+        into a container."""
+        return any("torque-docker" in value for value in self.values("job_starter"))
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from torque_docker import cli, lifecycle
+from torque_docker import cli
+from torque_docker.teardown import teardown as teardown_job
 from torque_docker.config import parse_text
 from torque_docker.errors import (ConfigError, ContainerFault, ImageError, NodeFault, NotOurs, PolicyError,
                                   RequestError)
@@ -111,7 +112,7 @@ def test_teardown_runs_every_step_despite_failures(tmp_path):
     (tmp_path / "ssh").mkdir()
     (tmp_path / "ssh" / "5.s.conf").write_text("Host x\n")
     runtime = FlakyRuntime()
-    result = lifecycle.teardown(cfg, "5.s", runtime=runtime)
+    result = teardown_job(cfg, "5.s", runtime=runtime)
     assert sorted(runtime.removed) == ["a", "c"]
     assert result.removed == 2
     assert any("docker said no" in e for e in result.errors)
@@ -120,8 +121,18 @@ def test_teardown_runs_every_step_despite_failures(tmp_path):
     assert state.job_dir("5.s").exists()                    # kept for gc while containers remain
     runtime2 = FlakyRuntime()
     runtime2.containers = lambda jobid=None, host=None: []
-    again = lifecycle.teardown(cfg, "5.s", runtime=runtime2)
+    again = teardown_job(cfg, "5.s", runtime=runtime2)
     assert again.errors == [] and not state.job_dir("5.s").exists()
+
+
+def job_context(ctx, cfg, state, runtime, user):
+    """A prologue's JobContext around fakes: image "img", address 127.0.0.1."""
+    from torque_docker import keys
+    from torque_docker.jobcontext import JobContext
+    from torque_docker.log import NULL
+    secrets = keys.JobSecrets.derive(b"\x01" * 32, keys.JobIdentity(ctx.jobid, ctx.user, ctx.group, "n0"))
+    return JobContext(hook=ctx, cfg=cfg, log=NULL, state=state, runtime=runtime, user=user, secrets=secrets,
+                      address="127.0.0.1", image="img", image_id="")
 
 
 def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path, monkeypatch):
@@ -168,8 +179,8 @@ def test_port_taken_between_check_and_bind_moves_to_the_next_candidate(tmp_path,
                       node_index=0, pbs_home=tmp_path, workdir="", nodefile=None, environ={})
     user = UserInfo("u", 2001, 2001, "/home/u", "/bin/sh", "", (("u", 2001),))
     local = plan.NodePlan(0, "n0", (plan.ContainerPlan(0, 0, "td-9-s-n0", (41001, 41002)),))
-    started = lifecycle.start_containers(runtime, state, cfg, ctx, user, local, "img", "127.0.0.1", [], "tok")
-    assert [c["port"] for c in started] == [41002]
+    started = lifecycle.start_containers(job_context(ctx, cfg, state, runtime, user), local, [])
+    assert [c.port for c in started] == [41002]
     assert runtime.removed == ["c1"]
     assert "ListenAddress=127.0.0.1:41001" in runtime.started[0].command[-1]
     assert "ListenAddress=127.0.0.1:41002" in runtime.started[1].command[-1]
@@ -215,7 +226,7 @@ def test_an_sshd_that_fails_is_never_a_fault_of_the_node(tmp_path, monkeypatch, 
     local = plan.NodePlan(1, "", (plan.ContainerPlan(1, 0, "td-9-s-n1", (41001, 41002)),))
     runtime = Runtime()
     with pytest.raises(error) as info:
-        lifecycle.start_containers(runtime, state, cfg, ctx, user, local, "img", "127.0.0.1", [], "tok")
+        lifecycle.start_containers(job_context(ctx, cfg, state, runtime, user), local, [])
     assert info.value.user_error is user_error and not is_node_fault(info.value)
     assert cli.hook_exit_code("prologue.parallel", info.value) == 0
     assert runtime.removed == ["c1"] and state.reserved_ports() == {}

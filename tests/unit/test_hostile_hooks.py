@@ -1,7 +1,7 @@
 """Hostile argv, environment and nodefile against the hooks themselves.
 
 ``cli.run_hook`` runs in-process with a temporary node (state, secret, ssh include dir
-and config under tmp, ``[log] destination = none``); ``lifecycle.runtime_for`` is replaced
+and config under tmp, ``[log] destination = none``); ``Runtime.from_config`` is replaced
 by one that raises NodeFault, so a request that passes every check stops where Docker
 would be called. Whatever pbs_mom hands over, the hook must return Torque's codes
 (docs/torque-facts.md: MS prologue 0/1/2, sister prologue 0/2, epilogues 0), print only
@@ -25,9 +25,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hostile_strategies import ARGV_TEXT, OTHER, RESOURCE_LIST, TORQUE_JOBIDS, budget, strip_surrogates
-from torque_docker import cli, keys, lifecycle, torque
+from torque_docker import cli, keys, torque
 from torque_docker.errors import NodeFault, NotOurs, RequestError
 from torque_docker.request import is_container_job, request_from_resource_list
+from torque_docker.runtime import Runtime
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
 KINDS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
@@ -67,7 +68,7 @@ def node(tmp_path_factory):
         mp.setenv("PBS_NODEFILE", str(nodefile))
         for name in ("PBS_O_WORKDIR", "PBS_NODENUM", "PBS_NUM_NODES", "PBS_NUM_PPN", "PBS_NP"):
             mp.delenv(name, raising=False)
-        mp.setattr(lifecycle, "runtime_for", no_docker)
+        mp.setattr(Runtime, "from_config", staticmethod(no_docker))
         if os.geteuid() != 0:                  # load_secret insists on a root-owned file
             mp.setattr(keys, "load_secret", lambda path: b"\x01" * 32)
         mp.chdir(root / "mom_priv")            # where pbs_mom runs root scripts
@@ -184,7 +185,7 @@ def test_hooks_answer_torque_codes_and_one_message_for_any_argv(node, call):
     if user_error and kind.startswith("prologue"):    # (epilogues tear down whatever the request says)
         assert node.docker_calls[0] == before         # refused before anything reaches Docker
         if kind == "prologue":
-            starter = lifecycle.starter_installed(torque.pbs_home_from((argv + [""])[0], os.getcwd()))
+            starter = torque.MomConfig.of(torque.pbs_home_from((argv + [""])[0], os.getcwd())).starter_is_ours()
             assert code == (0 if starter else 1)        # abort, never requeue
             assert "was not started" in err or starter
         elif kind == "prologue.parallel":

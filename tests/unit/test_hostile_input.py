@@ -37,6 +37,7 @@ from hostile_strategies import (ANY_TEXT, ARGV_TEXT, BUDGETS, JOBIDS, MOUNT_SPEC
 from torque_docker import config, plan, policy, refusal, render, starter, torque
 from torque_docker.errors import NotOurs, PolicyError, RequestError, TorqueDockerError
 from torque_docker.log import Log
+from torque_docker.records import StarterInfo
 from torque_docker.request import (JobRequest, Mount, is_container_job, parse_mount, parse_other,
                                    parse_resource_list, request_from_resource_list)
 
@@ -641,7 +642,7 @@ def test_remote_command_words_are_exactly_the_intended_argv(workdir, environ, sh
 @budget(100)
 @given(ENVIRON, ABS_PATHS, ABS_PATHS, ARGV_TEXT)
 def test_interactive_argv_is_ssh_to_the_alias_with_one_quoted_command(environ, cwd, login, image_path):
-    info = {"alias": "td-1-srv-n0", "shell": login, "path": image_path, "env_deny": list(DENY), "env_pass": ["*"]}
+    info = StarterInfo(alias="td-1-srv-n0", shell=login, path=image_path, env_deny=tuple(DENY), env_pass=("*",))
     argv = starter.interactive_argv(info, "/bin/sh", cwd, environ)
     assert argv[:5] == ["/usr/bin/ssh", "-tt", "-o", "LogLevel=ERROR", "td-1-srv-n0"] and len(argv) == 6
     assert argv[5].startswith(starter.MARK)
@@ -709,7 +710,7 @@ def test_interactive_command_under_a_real_shell(tmp_path_factory, reporter, dirn
     base = tmp_path_factory.mktemp("login")
     workdir = base / dirname
     workdir.mkdir(exist_ok=True)
-    info = {"alias": "td-1-srv-n0", "path": "/usr/bin:/bin", "env_deny": [], "env_pass": ["*"]}
+    info = StarterInfo(alias="td-1-srv-n0", path="/usr/bin:/bin", env_deny=(), env_pass=("*",))
     argv = starter.interactive_argv(info, str(reporter), str(workdir), environ)
     seen = run_under(shell_path, argv[5], base)
     assert seen["argv"] == []          # not a shell known to take -l: run as it is

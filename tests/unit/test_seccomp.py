@@ -13,6 +13,7 @@ from torque_docker import config, seccomp, starter
 from torque_docker.errors import ConfigError
 from torque_docker.identity import UserInfo
 from torque_docker.lifecycle import STARTER_RECORD, write_starter_file
+from torque_docker.records import StarterInfo
 from torque_docker.state import NodeState
 
 SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "seccomp-cma.json"
@@ -110,11 +111,11 @@ def test_cma_works_only_where_yama_lets_a_process_read_another(tmp_path, monkeyp
 @pytest.mark.parametrize("info,single_copy", [
     ({}, "none"), ({"cma": False}, "none"), ({"cma": "yes"}, "none"), ({"cma": True}, None)])
 def test_launcher_env_leaves_single_copy_to_open_mpi_only_when_cma_works(info, single_copy):
-    env = starter.launcher_env(info)
+    env = starter.launcher_env(StarterInfo.from_json(json.dumps(info)))
     assert env.get(SINGLE_COPY) == single_copy
     assert {k: v for k, v in env.items() if k != SINGLE_COPY} == \
         {k: v for k, v in starter.LAUNCHER_ENV.items() if k != SINGLE_COPY}
-    full = dict(info, env_deny=[], env_pass=["*"])
+    full = StarterInfo.from_json(json.dumps(dict(info, env_deny=[], env_pass=["*"])))
     assert starter.container_env(full, {"HOME": "/home/u"}).get(SINGLE_COPY) == single_copy
 
 

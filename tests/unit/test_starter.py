@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from torque_docker import admin, config, render, starter
+from torque_docker.records import StarterInfo
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = pwd.getpwnam("nobody").pw_uid
@@ -87,16 +88,16 @@ def test_the_record_must_be_roots(node):
     assert starter.job_record("7.srv", argv0) is None                    # no job directory: no containers
     job_dir = node / "state" / "jobs" / "7.srv"
     job_dir.mkdir(parents=True)
-    assert "incomplete" in starter.job_record("7.srv", argv0)["refusal"]
+    assert "incomplete" in starter.job_record("7.srv", argv0).refusal
     record = job_dir / starter.RECORD
     record.write_text(json.dumps({"run": "container"}))
     record.chmod(0o640)
-    assert starter.job_record("7.srv", argv0) == {"run": "container"}
+    assert starter.job_record("7.srv", argv0) == StarterInfo(run="container")
     os.chown(record, NOBODY, -1)
-    assert "was not written by root" in starter.job_record("7.srv", argv0)["refusal"]
+    assert "was not written by root" in starter.job_record("7.srv", argv0).refusal
     os.chown(record, 0, -1)
     record.chmod(0o646)
-    assert "was not written by root" in starter.job_record("7.srv", argv0)["refusal"]
+    assert "was not written by root" in starter.job_record("7.srv", argv0).refusal
 
 
 # ----------------------------------------------------------------------------- a job without containers
@@ -229,8 +230,8 @@ def test_hosts_file_keeps_the_nodes_names_and_adds_the_aliases():
 
 def test_missing_shell_line_says_which_shell_where_it_came_from_and_what_to_do():
     me = pwd.getpwuid(os.getuid()).pw_shell
-    line = starter.missing_shell_message({"jobid": "7.srv", "image": "lab/x:1"}, "/usr/bin/zsh")
+    line = starter.missing_shell_message(StarterInfo(jobid="7.srv", image="lab/x:1"), "/usr/bin/zsh")
     assert line == ("torque-docker: job 7.srv: the job's shell /usr/bin/zsh (from #PBS -S) is not in image lab/x:1; "
                     "the script did not run: name a shell the image has with #PBS -S (e.g. #PBS -S /bin/bash), "
                     "or add /usr/bin/zsh to the image")
-    assert "(your login shell; no #PBS -S was given)" in starter.missing_shell_message({}, me)
+    assert "(your login shell; no #PBS -S was given)" in starter.missing_shell_message(StarterInfo(), me)
