@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import keys
 from .config import Config, config_path
 from .errors import TorqueDockerError
+from .install import HOOKS, PACKAGE_HOOKS, _hook_text, is_ours, runs_starter_as_root
 from .torque import MomConfig
 
-HOOKS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
 SSH_CONFIG = "/etc/ssh/ssh_config"
 NOBODY = 65534                      # what job users look like to the starter's import check
 CHECK_LABEL = "torque-docker.check"  # containers check starts (never a job's label: gc/ps ignore them)
@@ -154,7 +154,6 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         path = mom_priv / hook
 
         def hook_check(path: Path = path) -> Optional[str]:
-            from .admin import PACKAGE_HOOKS, _hook_text, is_ours
             problem = pelog_permission_problem(path)
             if problem:
                 return f"{problem} (run 'torque-docker install --mom-priv {mom_priv}')"
@@ -175,7 +174,6 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         if current is None:
             raise Warn(f"no $job_starter in {config}: run=container is unavailable and Open MPI counts the "
                        f"container's cores, not the nodefile's slots (run 'torque-docker install')")
-        from .admin import runs_starter_as_root
         if runs_starter_as_root(config):
             return (f"{config} sets $job_starter_run_privileged: the starter would run as root with the job's "
                     f"environment, so it refuses every job; remove that line and restart pbs_mom")

@@ -46,7 +46,7 @@ def filter_text(python: str, package_dir: str, site_config: Optional[str] = None
     The config path is fixed in the filter (this process's, i.e. the admin's, by default):
     it also locates the record of the site's own filter, and the filter runs as the user,
     whose environment must not choose either."""
-    from .admin import PACKAGE_HOOKS
+    from .install import PACKAGE_HOOKS
     from .config import ENV_VAR, config_path
     lines = (PACKAGE_HOOKS / FILTER_SOURCE).read_text().splitlines(keepends=True)
     out = []
@@ -72,7 +72,7 @@ def _cfg_path(pbs_home: str) -> Path:
 def install(pbs_home: str, *, python: str = sys.executable, legacy: str = LEGACY_FILTER,
             out=sys.stdout) -> str:
     """Set SUBMITFILTER to our filter, chaining to whatever qsub ran before. Idempotent."""
-    from .admin import _write_root
+    from .install import _write_root
     home = Path(pbs_home)
     if not home.is_dir():
         raise ConfigError(f"{pbs_home} is not a directory", "give the submit host's PBS_HOME, e.g. /var/spool/torque")
@@ -106,7 +106,7 @@ def install(pbs_home: str, *, python: str = sys.executable, legacy: str = LEGACY
 
 def uninstall(pbs_home: str, *, out=sys.stdout) -> List[str]:
     """Undo ``install``: torque.cfg as it was, the chain record and our filter gone."""
-    from .admin import _write_root
+    from .install import _write_root
     removed: List[str] = []
     cfg_file = _cfg_path(pbs_home)
     ours = Path(pbs_home) / FILTER_NAME

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import OPENMPI_IMAGE, REPO, momsim
 
-from torque_docker import admin, config
+from torque_docker import config
+from torque_docker import install as install_mod
 from torque_docker.check import pelog_permission_problem
 from torque_docker.render import PACKAGE_TEMPLATES
 
@@ -88,11 +89,11 @@ def python_env(root: Path, dump) -> Dict[str, str]:
 
 # ----------------------------------------------------------------------------- contents
 def test_hooks_are_root_owned_and_not_writable_by_group_or_others(dump):
-    for hook in admin.HOOKS + (admin.STARTER,):
+    for hook in install_mod.HOOKS + (install_mod.STARTER,):
         entry = dump[f"{LIBEXEC}/{hook}"]
         assert (entry.owner, entry.group) == ("root", "root"), entry
         assert stat.S_ISREG(entry.mode) and entry.symlink == "X", entry
-        assert stat.S_IMODE(entry.mode) == (0o755 if hook == admin.STARTER else 0o500), oct(entry.mode)
+        assert stat.S_IMODE(entry.mode) == (0o755 if hook == install_mod.STARTER else 0o500), oct(entry.mode)
     for entry in dump.values():
         assert (entry.owner, entry.group) == ("root", "root"), entry
         assert not entry.mode & 0o022, f"{entry.path} is group/other writable ({entry.mode:o})"
@@ -112,7 +113,7 @@ def test_config_is_marked_config_noreplace_and_is_the_documented_default(rpm_fil
 
 def test_layout(dump):
     lib = sitelib(dump)
-    for name in admin.HOOKS + (admin.STARTER,):   # package data, as real files (not the repo's symlinks)
+    for name in install_mod.HOOKS + (install_mod.STARTER,):   # package data, as real files (not the repo's symlinks)
         entry = dump[f"{lib}/torque_docker/hooks/{name}"]
         assert stat.S_ISREG(entry.mode) and entry.symlink == "X"
     shipped = sorted(p.name for p in PACKAGE_TEMPLATES.glob("*.j2"))
@@ -145,11 +146,11 @@ def test_requires_for_rhel(rpm_file):
 
 # ----------------------------------------------------------------------------- installed tree
 def test_installed_hooks_pass_pbs_moms_permission_check(root):
-    for hook in admin.HOOKS + (admin.STARTER,):
+    for hook in install_mod.HOOKS + (install_mod.STARTER,):
         path = root / LIBEXEC.lstrip("/") / hook
         assert pelog_permission_problem(path) is None, path
         assert path.read_text().startswith("#!/usr/bin/python3 -s\n")
-    starter = root / LIBEXEC.lstrip("/") / admin.STARTER
+    starter = root / LIBEXEC.lstrip("/") / install_mod.STARTER
     assert stat.S_IMODE(starter.stat().st_mode) & 0o005 == 0o005     # job users run it
 
 
@@ -175,7 +176,7 @@ def test_install_from_the_package_gives_hooks_pbs_mom_accepts(root, dump, tmp_pa
                            str(mom_priv), "--python", "/usr/bin/python3"],
                           capture_output=True, text=True, env=python_env(root, dump), cwd="/", timeout=60)
     assert done.returncode == 0, done.stderr
-    for hook in admin.HOOKS:
+    for hook in install_mod.HOOKS:
         assert pelog_permission_problem(mom_priv / hook) is None
         assert (mom_priv / hook).read_text() == (root / LIBEXEC.lstrip("/") / hook).read_text()
     assert f"$job_starter {mom_priv}/torque-docker-starter" in (mom_priv / "config").read_text()
@@ -259,7 +260,7 @@ def test_erase_is_refused_while_mom_priv_still_runs_the_hooks(rpm_file, tmp_path
     pbs_home = tmp_path / "torque"
     (pbs_home / "mom_priv").mkdir(parents=True)
     env = {"PATH": "/bin:/usr/bin", "PBS_HOME": str(pbs_home)}
-    hook = admin._hook_text(admin.PACKAGE_HOOKS / "epilogue", "/usr/bin/python3")
+    hook = install_mod._hook_text(install_mod.PACKAGE_HOOKS / "epilogue", "/usr/bin/python3")
     clean = run_scriptlet(text, "0", env, spool)
     assert clean.returncode == 0, clean.stderr
     (pbs_home / "mom_priv/prologue").write_text("#!/bin/sh\nexit 0\n")     # a site's own hook is not ours
@@ -283,7 +284,7 @@ def test_erase_also_looks_in_the_default_pbs_homes(rpm_file, tmp_path, home):
     for env in ({"PATH": "/bin:/usr/bin"}, {"PATH": "/bin:/usr/bin", "PBS_HOME": str(elsewhere)}):
         assert run_scriptlet(text, "0", env, spool).returncode == 0
     (spool / home / "mom_priv/prologue.parallel").write_text(
-        admin._hook_text(admin.PACKAGE_HOOKS / "prologue.parallel", "/usr/bin/python3"))
+        install_mod._hook_text(install_mod.PACKAGE_HOOKS / "prologue.parallel", "/usr/bin/python3"))
     for env in ({"PATH": "/bin:/usr/bin"}, {"PATH": "/bin:/usr/bin", "PBS_HOME": str(elsewhere)}):
         erase = run_scriptlet(text, "0", env, spool)
         assert erase.returncode == 1, erase.stderr
@@ -315,7 +316,7 @@ def test_a_container_job_through_the_packaged_hooks(make_site, docker_client, ro
     site = make_site(nodes=2)
     libexec = root / LIBEXEC.lstrip("/")
     for node in site.nodes:
-        for hook in admin.HOOKS:
+        for hook in install_mod.HOOKS:
             site.cluster.install_hook(node, hook, libexec / hook, symlink=True)
         env_file = site.cluster.pbs_home(node) / "pbs_environment"
         env_file.write_text(env_file.read_text() + f"PYTHONPATH={root}{sitelib(dump)}\n")
@@ -323,7 +324,7 @@ def test_a_container_job_through_the_packaged_hooks(make_site, docker_client, ro
     job = site.job(script, [("tdnode0", 1), ("tdnode1", 1)], other=f"image={OPENMPI_IMAGE};run=host")
     result = site.cluster.run(job)
     assert result.exit_status == 0, result.stdout + result.stderr
-    assert {r.script for r in result.hook_runs if r.rc == 0} >= set(admin.HOOKS)
+    assert {r.script for r in result.hook_runs if r.rc == 0} >= set(install_mod.HOOKS)
     assert all(r.rc == 0 for r in result.hook_runs), [(r.script, r.rc, r.message) for r in result.hook_runs]
     assert result.stdout.count("inside-the-openmpi-image") == 2, result.stdout
     assert site.leftovers(docker_client, job.jobid) == []

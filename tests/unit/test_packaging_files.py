@@ -5,7 +5,8 @@ import configparser
 import re
 from pathlib import Path
 
-from torque_docker import __version__, admin, config
+from torque_docker import __version__, config
+from torque_docker import install as install_mod
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 SPEC = (PACKAGING / "torque-docker.spec").read_text()
@@ -26,10 +27,10 @@ def test_spec_version_is_the_package_version():
 
 def test_spec_installs_every_hook_with_the_mode_pbs_mom_demands():
     loop = re.search(r"^for hook in (.+); do$", SPEC, re.M).group(1).split()
-    assert sorted(loop) == sorted(admin.HOOKS + (admin.STARTER,))
-    for hook in admin.HOOKS:
+    assert sorted(loop) == sorted(install_mod.HOOKS + (install_mod.STARTER,))
+    for hook in install_mod.HOOKS:
         assert f"%attr(0500,root,root) %{{_libexecdir}}/%{{name}}/{hook}\n" in SPEC
-    assert f"%attr(0755,root,root) %{{_libexecdir}}/%{{name}}/{admin.STARTER}\n" in SPEC
+    assert f"%attr(0755,root,root) %{{_libexecdir}}/%{{name}}/{install_mod.STARTER}\n" in SPEC
 
 
 def test_spec_config_is_noreplace_and_mom_priv_is_never_touched():
@@ -64,7 +65,7 @@ def test_spec_ships_the_submit_filter_pointing_at_the_installed_package():
     install = SPEC.split("\n%install\n", 1)[1].split("\n%check\n", 1)[0]
     assert "install -p -m 0755 hooks/submit-filter %{buildroot}%{_libexecdir}/%{name}/submit-filter" in install
     # the sed expressions must match the shipped file's lines, or the RPM's filter imports nothing
-    shipped = (admin.PACKAGE_HOOKS / submitadmin.FILTER_SOURCE).read_text().splitlines()
+    shipped = (install_mod.PACKAGE_HOOKS / submitadmin.FILTER_SOURCE).read_text().splitlines()
     assert shipped[0].startswith("#!") and "'1s|^#!.*|#!%{__python3} -IS|'" in install
     pattern = re.search(r"-e 's\|\^(sys\.path\.insert\(0, \.\*# torque-docker: package directory)\$\|", install).group(1)
     assert sum(bool(re.fullmatch(pattern.replace("(", r"\(").replace(")", r"\)"), line)) for line in shipped) == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from torque_docker import admin, config, render, starter
+from torque_docker import install as install_mod
 from torque_docker.records import StarterInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def node(tmp_path):
     conf = root / "td.conf"
     conf.write_text(f"[paths]\nstate_dir = {root}/state\n")
     (root / "pbs_environment").write_text(f"PATH=/bin:/usr/bin\n{config.ENV_VAR}={conf}\n")
-    hook = root / "mom_priv" / admin.STARTER_NAME
+    hook = root / "mom_priv" / install_mod.STARTER_NAME
     hook.write_text(f"#!/usr/bin/python3 -s\nimport sys\nsys.path.insert(0, {str(REPO / 'src')!r})\n"
                     + (REPO / "hooks" / "job-starter").read_text().split("\n", 1)[1])
     hook.chmod(0o755)
@@ -47,7 +48,7 @@ def node(tmp_path):
 
 
 def run_starter(node: Path, args, env, stdin=None, user: int = NOBODY, input_bytes=None):
-    return subprocess.run([str(node / "mom_priv" / admin.STARTER_NAME), *args], env=env, stdin=stdin,
+    return subprocess.run([str(node / "mom_priv" / install_mod.STARTER_NAME), *args], env=env, stdin=stdin,
                           input=input_bytes, capture_output=True, timeout=30, user=user, group=user,
                           extra_groups=[], cwd="/", preexec_fn=mom_like)
 
@@ -75,7 +76,7 @@ def test_classify_tells_the_batch_shell_from_tm_tasks_and_interactive_shells(tmp
 
 def test_config_comes_from_roots_files_never_from_the_job(node, monkeypatch):
     monkeypatch.setenv(config.ENV_VAR, "/home/mallory/x.conf")
-    argv0 = str(node / "mom_priv" / admin.STARTER_NAME)
+    argv0 = str(node / "mom_priv" / install_mod.STARTER_NAME)
     assert starter.pbs_home_of(argv0) == node
     assert starter.trusted_config_path(node) == str(node / "td.conf")
     assert starter.pbs_home_of("/usr/libexec/torque-docker/job-starter") == Path(starter.DEFAULT_PBS_HOME)
@@ -84,7 +85,7 @@ def test_config_comes_from_roots_files_never_from_the_job(node, monkeypatch):
 
 
 def test_the_record_must_be_roots(node):
-    argv0 = str(node / "mom_priv" / admin.STARTER_NAME)
+    argv0 = str(node / "mom_priv" / install_mod.STARTER_NAME)
     assert starter.job_record("7.srv", argv0) is None                    # no job directory: no containers
     job_dir = node / "state" / "jobs" / "7.srv"
     job_dir.mkdir(parents=True)
@@ -178,7 +179,7 @@ def test_install_refuses_a_privileged_starter_and_writes_nothing(tmp_path):
     for text, expected in (("$job_starter_run_privileged true\n$job_starter_run_privileged off\n", False),
                            ("$job_starter_run_privileged maybe\n", False), ("$job_starter_run_privileged 1\n", True)):
         (mom_priv / "config").write_text(text)
-        assert admin.runs_starter_as_root(mom_priv / "config") is expected
+        assert install_mod.runs_starter_as_root(mom_priv / "config") is expected
 
 
 # ----------------------------------------------------------------------------- the environment for ssh logins
