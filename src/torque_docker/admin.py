@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from . import config as config_mod
@@ -39,8 +40,7 @@ def stage(cfg: config_mod.Config, image: str, *, timeout: float = 1800.0, refres
 
     choice = policy.resolve_image(image, cfg)
     key = choice.tarball or choice.reference
-    values = dict(cfg.values, images_pull="always" if refresh else "missing", images_pull_timeout=timeout)
-    stage_cfg = config_mod.Config(values, cfg.path, cfg.origin)
+    stage_cfg = replace(cfg, images_pull="always" if refresh else "missing", images_pull_timeout=timeout)
     wait = timeout if lock_timeout is None else lock_timeout
     started = time.monotonic()
     try:

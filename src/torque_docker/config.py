@@ -15,9 +15,9 @@ import ipaddress
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from . import devices, limits
 from .errors import ConfigError
@@ -236,78 +236,93 @@ class Option:
     default: str
     help: str
 
+    @property
+    def name(self) -> str:
+        """The Config attribute: ``section_key``."""
+        return f"{self.section}_{self.key}"
 
-#: Every option, with its default as it would be written in the file.
-OPTIONS: List[Option] = [
-    Option("docker", "endpoint", _endpoint, "unix:///var/run/docker.sock", "Docker daemon address"),
-    Option("docker", "api_timeout", _seconds, "30", "seconds one Docker API call may take"),
-    Option("docker", "seccomp_profile", _optional_path, "", "seccomp profile of job containers, root's file (empty: Docker's default, which stops Open MPI's single-copy path; /etc/torque-docker/seccomp-cma.json: Docker's default plus the two calls it needs)"),
-    Option("network", "node_name", _node_name, "", "this node's name in Torque (default: the host name)"),
-    Option("network", "listen_address", _address, "auto", "address sshd listens on in containers (auto: this node's name resolved)"),
-    Option("network", "port_range", _port_range, "40000-40999", "ports for sshd in containers"),
-    Option("network", "port_candidates", _int_range(1, 64), "16", "candidate ports per container"),
-    Option("ssh", "sshd_path", _path, "/usr/sbin/sshd", "sshd inside the image"),
-    Option("ssh", "include_dir", _path, "/run/torque-docker/ssh", "where per-job SSH configs for the host's ssh are written"),
-    Option("ssh", "dropin", _path, "/etc/ssh/ssh_config.d/90-torque-docker.conf", "ssh_config drop-in that includes them"),
-    Option("ssh", "ready_timeout", _seconds, "60", "seconds to wait for every sshd to answer"),
-    Option("paths", "state_dir", _path, "/var/lib/torque-docker", "node-local state (ports, jobs); not $PBS_HOME/aux"),
-    Option("paths", "secret_file", _path, "/etc/torque-docker/secret", "site secret, identical on every node, root only"),
-    Option("paths", "template_dir", _path, "/etc/torque-docker/templates", "site templates that override the shipped ones"),
-    Option("jobs", "default_model", _choice("node", "process"), "node", "model when the job names none"),
-    Option("jobs", "default_run", _choice("container", "host"), "container", "where the batch script runs when the job says nothing (container needs the job starter)"),
-    Option("jobs", "shm_size", _docker_size, "1g", "size of /dev/shm in each container"),
-    Option("jobs", "process_ipc", _choice("shared", "private"), "shared", "model=process: containers of a node share one IPC namespace (shared memory between ranks)"),
-    Option("jobs", "sweep_grace", _seconds, "600", "the prologue's sweep leaves anything younger alone (seconds)"),
-    Option("jobs", "max_attempts", _int_range(1, 100), "3", "node-fault requeues of one job on a node before it is aborted"),
-    Option("jobs", "pids_limit", _int_range(0, 4194304), "8192", "most processes and threads in one container (0: no limit; a fork bomb stops here)"),
-    Option("jobs", "tmp_size", _size, "1g", "size of the tmpfs at /tmp, and at every VOLUME the image declares, in each container"),
-    Option("jobs", "read_only_root", _bool, "no", "the image's file system is read-only in containers (only /tmp, /dev/shm, the job's files and mounts are writable)"),
-    Option("jobs", "files_size", _size, "16m", "size of the per-job tmpfs that holds the job's keys and SSH files (/run/torque-docker in containers)"),
-    Option("devices", "paths", _devices, "", "device nodes every container gets, HOST[:CONTAINER] (e.g. /dev/infiniband /dev/kfd; a directory: the device nodes below it)"),
-    Option("limits", "ulimits", _ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's; memlock is unlimited when [devices] passes RDMA devices and this sets none)"),
-    Option("limits", "user_max", _ulimits, "", "highest ulimits a job may ask for with ulimit=NAME=SOFT[:HARD] (a name not here: at most the site's own value)"),
-    Option("images", "allowed", _patterns("image"), "*", "image patterns users may ask for (fnmatch on the full reference)"),
-    Option("images", "aliases", _aliases, "", "short names for images, one 'name = reference' per line"),
-    Option("images", "pull", _choice("missing", "never", "always"), "missing", "when to pull"),
-    Option("images", "pull_timeout", _seconds, "120", "seconds a pull may take (keep under $prologalarm)"),
-    Option("images", "pin", _choice("off", "submit", "required"), "off", "at qsub (submit filter): rewrite a tag to the digest it names now, so every node and requeue runs that build; submit: unpinned with a warning when it cannot, required: refuse then"),
-    Option("images", "tarball_dirs", _paths, "", "directories users may load image tarballs from (image=file:/path)"),
-    Option("mounts", "default", _mounts, "", "bind mounts every container gets (SRC[:DST][:ro])"),
-    Option("mounts", "allowed", _paths, "", "directories under which users may ask for mounts"),
-    Option("env", "deny", _patterns("variable"), "PATH LD_LIBRARY_PATH LD_PRELOAD MANPATH MODULEPATH LOADEDMODULES _LMFILES_ PYTHONPATH PYTHONHOME BASH_ENV ENV", "job variables not carried into the container (fnmatch patterns)"),
-    Option("env", "pass", _patterns("variable"), "*", "job variables carried into the container (fnmatch patterns, after deny)"),
-    Option("cgroups", "parent", _cgroup_parent, "", "cgroup parent for containers ('torque' puts them under the job's Torque cgroup)"),
-    Option("log", "destination", _log, "syslog", "admin log: syslog, none or file:/path"),
-    Option("log", "verbose", _bool, "no", "more detail in the job's .o"),
-    Option("check", "image", _image_name, "", "image 'torque-docker check' starts (as nobody, sshd -t) to prove jobs can run; empty: none"),
-]
 
-_BY_NAME = {(o.section, o.key): o for o in OPTIONS}
+T = TypeVar("T")
 
-#: Keys that moved: naming the old one is an error that names the new one.
-MOVED = {("jobs", "ulimits"): ("limits", "ulimits")}
+
+def _option(parse: Callable[[str], T], default: str, help: str) -> T:
+    """A Config field: its value is ``parse(text)``; the default is written as in the file."""
+    meta = {"parse": parse, "default": default, "help": help}
+    if isinstance(parse(default), dict):                  # a mutable default: one per Config
+        return field(default_factory=lambda: parse(default), metadata=meta)
+    return field(default=parse(default), metadata=meta)
+
+
+_DENY = "PATH LD_LIBRARY_PATH LD_PRELOAD MANPATH MODULEPATH LOADEDMODULES _LMFILES_ PYTHONPATH PYTHONHOME BASH_ENV ENV"
 
 
 @dataclass(frozen=True)
 class Config:
-    """Parsed configuration; attribute names are ``section_key``."""
+    """The site configuration, one typed attribute per option (``section_key``), each
+    parsed and checked by its validator when read (see parse_text). ``OPTIONS`` is made
+    from these fields, so the file's keys, the defaults and the help live here only."""
 
-    values: Dict[str, Any]
-    path: str = ""
-    origin: Dict[str, str] = field(default_factory=dict)
+    docker_endpoint: str = _option(_endpoint, "unix:///var/run/docker.sock", "Docker daemon address")
+    docker_api_timeout: float = _option(_seconds, "30", "seconds one Docker API call may take")
+    docker_seccomp_profile: str = _option(_optional_path, "", "seccomp profile of job containers, root's file (empty: Docker's default, which stops Open MPI's single-copy path; /etc/torque-docker/seccomp-cma.json: Docker's default plus the two calls it needs)")
+    network_node_name: str = _option(_node_name, "", "this node's name in Torque (default: the host name)")
+    network_listen_address: str = _option(_address, "auto", "address sshd listens on in containers (auto: this node's name resolved)")
+    network_port_range: Tuple[int, int] = _option(_port_range, "40000-40999", "ports for sshd in containers")
+    network_port_candidates: int = _option(_int_range(1, 64), "16", "candidate ports per container")
+    ssh_sshd_path: str = _option(_path, "/usr/sbin/sshd", "sshd inside the image")
+    ssh_include_dir: str = _option(_path, "/run/torque-docker/ssh", "where per-job SSH configs for the host's ssh are written")
+    ssh_dropin: str = _option(_path, "/etc/ssh/ssh_config.d/90-torque-docker.conf", "ssh_config drop-in that includes them")
+    ssh_ready_timeout: float = _option(_seconds, "60", "seconds to wait for every sshd to answer")
+    paths_state_dir: str = _option(_path, "/var/lib/torque-docker", "node-local state (ports, jobs); not $PBS_HOME/aux")
+    paths_secret_file: str = _option(_path, "/etc/torque-docker/secret", "site secret, identical on every node, root only")
+    paths_template_dir: str = _option(_path, "/etc/torque-docker/templates", "site templates that override the shipped ones")
+    jobs_default_model: str = _option(_choice("node", "process"), "node", "model when the job names none")
+    jobs_default_run: str = _option(_choice("container", "host"), "container", "where the batch script runs when the job says nothing (container needs the job starter)")
+    jobs_shm_size: str = _option(_docker_size, "1g", "size of /dev/shm in each container")
+    jobs_process_ipc: str = _option(_choice("shared", "private"), "shared", "model=process: containers of a node share one IPC namespace (shared memory between ranks)")
+    jobs_sweep_grace: float = _option(_seconds, "600", "the prologue's sweep leaves anything younger alone (seconds)")
+    jobs_max_attempts: int = _option(_int_range(1, 100), "3", "node-fault requeues of one job on a node before it is aborted")
+    jobs_pids_limit: int = _option(_int_range(0, 4194304), "8192", "most processes and threads in one container (0: no limit; a fork bomb stops here)")
+    jobs_tmp_size: str = _option(_size, "1g", "size of the tmpfs at /tmp, and at every VOLUME the image declares, in each container")
+    jobs_read_only_root: bool = _option(_bool, "no", "the image's file system is read-only in containers (only /tmp, /dev/shm, the job's files and mounts are writable)")
+    jobs_files_size: str = _option(_size, "16m", "size of the per-job tmpfs that holds the job's keys and SSH files (/run/torque-docker in containers)")
+    devices_paths: Tuple[Tuple[str, str], ...] = _option(_devices, "", "device nodes every container gets, HOST[:CONTAINER] (e.g. /dev/infiniband /dev/kfd; a directory: the device nodes below it)")
+    limits_ulimits: Tuple[Tuple[str, int, int], ...] = _option(_ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's; memlock is unlimited when [devices] passes RDMA devices and this sets none)")
+    limits_user_max: Tuple[Tuple[str, int, int], ...] = _option(_ulimits, "", "highest ulimits a job may ask for with ulimit=NAME=SOFT[:HARD] (a name not here: at most the site's own value)")
+    images_allowed: Tuple[str, ...] = _option(_patterns("image"), "*", "image patterns users may ask for (fnmatch on the full reference)")
+    images_aliases: Dict[str, str] = _option(_aliases, "", "short names for images, one 'name = reference' per line")
+    images_pull: str = _option(_choice("missing", "never", "always"), "missing", "when to pull")
+    images_pull_timeout: float = _option(_seconds, "120", "seconds a pull may take (keep under $prologalarm)")
+    images_pin: str = _option(_choice("off", "submit", "required"), "off", "at qsub (submit filter): rewrite a tag to the digest it names now, so every node and requeue runs that build; submit: unpinned with a warning when it cannot, required: refuse then")
+    images_tarball_dirs: Tuple[str, ...] = _option(_paths, "", "directories users may load image tarballs from (image=file:/path)")
+    mounts_default: Tuple[str, ...] = _option(_mounts, "", "bind mounts every container gets (SRC[:DST][:ro])")
+    mounts_allowed: Tuple[str, ...] = _option(_paths, "", "directories under which users may ask for mounts")
+    env_deny: Tuple[str, ...] = _option(_patterns("variable"), _DENY, "job variables not carried into the container (fnmatch patterns)")
+    env_pass: Tuple[str, ...] = _option(_patterns("variable"), "*", "job variables carried into the container (fnmatch patterns, after deny)")
+    cgroups_parent: str = _option(_cgroup_parent, "", "cgroup parent for containers ('torque' puts them under the job's Torque cgroup)")
+    log_destination: str = _option(_log, "syslog", "admin log: syslog, none or file:/path")
+    log_verbose: bool = _option(_bool, "no", "more detail in the job's .o")
+    check_image: str = _option(_image_name, "", "image 'torque-docker check' starts (as nobody, sshd -t) to prove jobs can run; empty: none")
+    # Where it was read: the file, and per option its line (for messages that name them).
+    path: str = field(default="", compare=False)
+    origin: Dict[str, str] = field(default_factory=dict, compare=False)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], path: str = "", origin: Optional[Dict[str, str]] = None) -> "Config":
+        """A Config from parsed values by attribute name (``section_key``); the rest default."""
+        return cls(**values, path=path, origin=dict(origin or {}))
+
+    @property
+    def values(self) -> Dict[str, Any]:
+        """Every option's value by attribute name (``section_key``)."""
+        return {o.name: getattr(self, o.name) for o in OPTIONS}
 
     def node_name(self) -> str:
-        return self.values["network_node_name"] or socket.gethostname()
+        return self.network_node_name or socket.gethostname()
 
     def listen_address(self) -> str:
         """The address this node's containers listen on; ``auto`` resolves the node name."""
-        address = self.values["network_listen_address"]
+        address = self.network_listen_address
         if address != "auto":
             return address
         resolved = resolve_address(self.node_name())
@@ -321,6 +336,18 @@ class Config:
         return any(fnmatch.fnmatchcase(reference, pattern) for pattern in self.images_allowed)
 
 
+#: Every option, in the file's order, with its default as it would be written in the file.
+OPTIONS: List[Option] = [
+    Option(f.name.partition("_")[0], f.name.partition("_")[2], f.metadata["parse"], f.metadata["default"],
+           f.metadata["help"])
+    for f in fields(Config) if "parse" in f.metadata]
+
+_BY_NAME = {(o.section, o.key): o for o in OPTIONS}
+
+#: Keys that moved: naming the old one is an error that names the new one.
+MOVED = {("jobs", "ulimits"): ("limits", "ulimits")}
+
+
 def resolve_address(name: str) -> str:
     """IPv4 address of a node name, refusing loopback-only answers for real nodes is the
     admin's call (the simulator uses 127.0.1.x on purpose)."""
@@ -332,7 +359,7 @@ def resolve_address(name: str) -> str:
 
 
 def defaults() -> Config:
-    return Config({f"{o.section}_{o.key}": o.parse(o.default) for o in OPTIONS})
+    return Config()
 
 
 @dataclass(frozen=True)
@@ -388,7 +415,7 @@ def parse_text(text: str, path: str = "<string>", problems: Optional[List[Config
     ``problems`` list, appends every problem there instead and goes on (a bad value keeps
     its default), which is what ``torque-docker check`` shows.
     """
-    values = dict(defaults().values)
+    values = defaults().values
     origin: Dict[str, str] = {}
     raw_values: Dict[str, str] = {}
     section: Optional[str] = None
@@ -465,12 +492,12 @@ def parse_text(text: str, path: str = "<string>", problems: Optional[List[Config
         problem = rule.problem(values)
         if problem:
             name = rule.names[0]
-            option = next(o for o in OPTIONS if f"{o.section}_{o.key}" == name)
+            option = next(o for o in OPTIONS if o.name == name)
             where = origin.get(name, path)
             shown = f" = {raw_values[name]!r}" if name in raw_values else ""
             fail(ConfigError(f"{where}: [{option.section}] {option.key}{shown}: {problem}",
                              f"{rule.fix} (default: {option.default or 'empty'})"))
-    return Config(values, path, origin)
+    return Config.from_values(values, path, origin)
 
 
 def rule_problems(values: Dict[str, Any]) -> List[str]:
@@ -512,7 +539,7 @@ def load(path: Optional[str] = None) -> Config:
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        return Config(defaults().values, path)
+        return Config(path=path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}", "check the file's permissions") from None
     return parse_text(text, path)
@@ -526,7 +553,7 @@ def lenient(path: Optional[str] = None) -> Config:
     try:
         return parse_text(Path(path).read_text(), path, [])
     except OSError:
-        return Config(defaults().values, path)
+        return Config(path=path)
 
 
 def check_file(path: Optional[str] = None) -> Tuple[Optional[Config], List[ConfigError]]:
@@ -536,7 +563,7 @@ def check_file(path: Optional[str] = None) -> Tuple[Optional[Config], List[Confi
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        return Config(defaults().values, path), []
+        return Config(path=path), []
     except OSError as exc:
         return None, [ConfigError(f"cannot read {path}: {exc}", "check the file's permissions")]
     problems: List[ConfigError] = []

@@ -201,4 +201,4 @@ def test_check_file_lists_every_problem_at_once(tmp_path):
 
 def test_cross_option_rules_are_shared_with_check():
     values = dict(config.defaults().values, images_allowed=("lab/*",), images_aliases={"x": "evil/x:1"})
-    assert config_problems(config.Config(values)) == ["[images] aliases: x = evil/x:1 is not in [images] allowed"]
+    assert config_problems(config.Config.from_values(values)) == ["[images] aliases: x = evil/x:1 is not in [images] allowed"]
