@@ -32,7 +32,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 from .errors import NodeFault
 
@@ -82,6 +82,37 @@ def _unescape(text: str) -> str:
     return out
 
 
+class _Tag(NamedTuple):
+    closing: bool          # </name>
+    name: bytes
+    empty: bool            # <name/>
+    end: int               # the offset after it
+
+
+def _markup(data: bytes) -> Iterator[Tuple[bytes, Optional[_Tag]]]:
+    """The file as (text before a tag, the tag), after the XML declaration; the last pair's
+    tag is None (the text after the last tag). BadJobFile at anything not a well-formed tag."""
+    declaration = _DECLARATION.match(data)
+    pos = declaration.end() if declaration else 0
+    while True:
+        lt = data.find(b"<", pos)
+        if lt < 0:
+            yield data[pos:], None
+            return
+        tag = _TAG.match(data, lt)
+        if not tag:
+            raise BadJobFile(f"no well-formed tag at byte {lt}")
+        between, pos = data[pos:lt], tag.end()
+        yield between, _Tag(tag.group(1) == b"/", tag.group(2), tag.group(4) == b"/", pos)
+
+
+def _close(stack: List[bytes], name: bytes) -> None:
+    """An end tag: it must close the innermost open element."""
+    if not stack or stack[-1] != name:
+        raise BadJobFile(f"</{name.decode()}> does not close the open element")
+    stack.pop()
+
+
 def parse_job_file(data: bytes) -> JobFile:
     """The job id and file prefix of one ``.JB`` (or ``.JC``) image; BadJobFile unless complete.
 
@@ -97,33 +128,21 @@ def parse_job_file(data: bytes) -> JobFile:
     """
     if len(data) > MAX_BYTES:
         raise BadJobFile(f"larger than {MAX_BYTES} bytes")
-    pos = 0
-    declaration = _DECLARATION.match(data)
-    if declaration:
-        pos = declaration.end()
     stack: List[bytes] = []
     root_seen = False
     values: Dict[bytes, List[str]] = {b"jobid": [], b"fileprefix": []}
     text_of: Optional[bytes] = None       # the depth-1 element whose text we collect
     text: List[bytes] = []
-    while True:
-        lt = data.find(b"<", pos)
-        between = data[pos:] if lt < 0 else data[pos:lt]
+    for between, tag in _markup(data):
         if not stack and between.strip():
             raise BadJobFile("text outside the <job> element")
         if text_of is not None:
             text.append(between)
-        if lt < 0:
+        if tag is None:
             break
-        tag = _TAG.match(data, lt)
-        if not tag:
-            raise BadJobFile(f"no well-formed tag at byte {lt}")
-        closing, name, empty = tag.group(1) == b"/", tag.group(2), tag.group(4) == b"/"
-        pos = tag.end()
-        if closing:
-            if not stack or stack[-1] != name:
-                raise BadJobFile(f"</{name.decode()}> does not close the open element")
-            stack.pop()
+        name, empty = tag.name, tag.empty
+        if tag.closing:
+            _close(stack, name)
             if text_of is not None and len(stack) == 1:
                 values[text_of].append(b"".join(text).decode("utf-8", "surrogateescape"))
                 text_of, text = None, []
@@ -140,7 +159,7 @@ def parse_job_file(data: bytes) -> JobFile:
                 continue
             text_of, text = name, []
         elif len(stack) == 1 and name == _USER_PART and not empty:
-            if not data[pos:].rstrip().endswith(b"</job>"):
+            if not data[tag.end:].rstrip().endswith(b"</job>"):
                 raise BadJobFile("incomplete: no closing </job> (a file being written?)")
             stack = []            # the rest is the job's attributes: user text, not read
             break
@@ -177,35 +196,24 @@ def exec_host_of(data: bytes) -> str:
     ``<exec_host>`` directly in ``<attributes>``. BadJobFile otherwise.
     """
     parse_job_file(data)                      # complete, one job id
-    pos = 0
-    declaration = _DECLARATION.match(data)
-    if declaration:
-        pos = declaration.end()
     stack: List[bytes] = []
     found: List[str] = []
     text: Optional[List[bytes]] = None
-    while True:
-        lt = data.find(b"<", pos)
+    for between, tag in _markup(data):
         if text is not None:
-            text.append(data[pos:] if lt < 0 else data[pos:lt])
-        if lt < 0:
+            text.append(between)
+        if tag is None:
             break
-        tag = _TAG.match(data, lt)
-        if not tag:
-            raise BadJobFile(f"no well-formed tag at byte {lt}")
-        closing, name, empty = tag.group(1) == b"/", tag.group(2), tag.group(4) == b"/"
-        pos = tag.end()
-        if closing:
-            if not stack or stack[-1] != name:
-                raise BadJobFile(f"</{name.decode()}> does not close the open element")
-            stack.pop()
+        name, empty = tag.name, tag.empty
+        if tag.closing:
+            _close(stack, name)
             if text is not None and stack == [b"job", _USER_PART]:
                 found.append(_unescape(b"".join(text).decode("utf-8", "surrogateescape")).strip())
                 text = None
             continue
         if text is not None:
             raise BadJobFile("<exec_host> holds elements")
-        if stack == [b"job"] and name == _USER_PART and _FOREIGN_ENTITY.search(data, pos):
+        if stack == [b"job"] and name == _USER_PART and _FOREIGN_ENTITY.search(data, tag.end):
             raise UserMarkup("the job's own text holds an '&NAME;' that pbs_mom wrote into its job file "
                              "as markup")
         if stack == [b"job", _USER_PART] and name == b"exec_host":
