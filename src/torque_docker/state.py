@@ -53,6 +53,22 @@ def open_lock_file(path: "str | Path") -> int:
     return fd
 
 
+def flock_within(fd: int, operation: int, timeout: float, pause: float = 0.01, max_pause: float = 0.2) -> bool:
+    """``flock(fd, operation)`` (LOCK_EX or LOCK_SH), retried until ``timeout`` seconds have
+    passed, the pause doubling up to ``max_pause``: False when it stayed held. Never blocks
+    in the kernel, so a hook's bound holds whatever holds the lock."""
+    deadline = time.monotonic() + max(timeout, 0)
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, max_pause)
+
+
 class NodeLock:
     """An exclusive ``flock`` on a root-only file, bounded in time; re-entrant in one object.
 
@@ -77,17 +93,8 @@ class NodeLock:
             return self
         fd = open_lock_file(self.lock_file)
         try:
-            deadline = time.monotonic() + max(self.timeout, 0)
-            delay = 0.01
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout(self.lock_file) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.2)
+            if not flock_within(fd, fcntl.LOCK_EX, self.timeout):
+                raise LockTimeout(self.lock_file)
         except BaseException:
             os.close(fd)
             raise

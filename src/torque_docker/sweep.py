@@ -27,6 +27,7 @@ from typing import Dict, Iterator, List, Optional
 from . import config as config_mod
 from . import momjobs
 from .errors import NodeFault
+from .state import NodeState, flock_within, open_lock_file
 
 RECHECK_PAUSE = 0.5       # seconds between the two reads of the job files before a removal
 HOOK_LOCK_WAIT = 120.0    # a prologue waits at most this long for a sweep tearing down its slot
@@ -59,7 +60,6 @@ def _hook_lock(cfg: config_mod.Config, jobid: str) -> Path:
 def _open_lock(path: Path) -> int:
     """In the state directory's root-only lock directory, 0600 (state.py: a lock another
     user could open is a lock another user could hold)."""
-    from .state import NodeState, open_lock_file
     NodeState(str(path.parent.parent)).ensure()
     return open_lock_file(path)
 
@@ -79,16 +79,9 @@ def hook_running(cfg: config_mod.Config, jobid: str, wait: float = HOOK_LOCK_WAI
         yield          # an unusable state dir: the prologue fails on it itself, and says why
         return
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise NodeFault(f"a sweep has held the lock {_hook_lock(cfg, jobid)} for over {wait:.0f} s",
-                                    "look for a hung 'torque-docker gc' on this node") from None
-                time.sleep(0.1)
+        if not flock_within(fd, fcntl.LOCK_SH, wait, pause=0.1, max_pause=0.1):
+            raise NodeFault(f"a sweep has held the lock {_hook_lock(cfg, jobid)} for over {wait:.0f} s",
+                            "look for a hung 'torque-docker gc' on this node")
         yield
     finally:
         os.close(fd)
@@ -117,7 +110,6 @@ def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: s
     under the same node names must not judge each other's jobs).
     """
     from .runtime import L_JOB, Runtime
-    from .state import NodeState
     from .teardown import teardown
 
     runtime = runtime or Runtime.from_config(cfg)

@@ -28,6 +28,7 @@ import momsim  # noqa: E402
 
 from torque_docker import admin, config, keys, momjobs  # noqa: E402
 from torque_docker.runtime import L_JOB  # noqa: E402
+from torque_docker.state import flock_within  # noqa: E402
 from torque_docker.sweep import job_of_server  # noqa: E402
 from torque_docker.torque import safe_jobid  # noqa: E402
 
@@ -74,15 +75,8 @@ RUN_LOCK_WAIT = 3600.0
 @pytest.fixture(scope="session", autouse=True)
 def one_integration_run_at_a_time():
     fd = os.open(RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    deadline = time.monotonic() + RUN_LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"another integration run held {RUN_LOCK} for {RUN_LOCK_WAIT:.0f} s")
-            time.sleep(1)
+    if not flock_within(fd, fcntl.LOCK_EX, RUN_LOCK_WAIT, pause=1.0, max_pause=1.0):
+        pytest.fail(f"another integration run held {RUN_LOCK} for {RUN_LOCK_WAIT:.0f} s")
     yield
     os.close(fd)
 
