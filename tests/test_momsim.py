@@ -459,14 +459,20 @@ def test_leftover_session_processes_killed_when_shell_exits(sim):
     assert _gone_within(pid, 2.0), "leftover job process survived"
 
 
+def set_job_starter(sim, body: str, more_config: str = "") -> None:
+    """A shell job starter on tdnode0 that runs ``body`` then execs the job, and its
+    ``$job_starter`` line (with ``more_config``) in mom's config."""
+    starter = sim.root / "starter.sh"
+    starter.write_text(f"#!/bin/sh\n{body}exec \"$@\"\n")
+    os.chmod(starter, 0o755)
+    with open(sim.cluster.mom_priv("tdnode0") / "config", "a") as fh:
+        fh.write(f"$job_starter {starter}\n{more_config}")
+
+
 def test_term_ignored_gets_sigkill_after_kill_delay(sim):
     # A job starter that ignores SIGTERM (ignored signals stay ignored across exec):
     # mom sends SIGKILL kill_delay (2 s) later.  The config is re-read on every run.
-    starter = sim.root / "starter.sh"
-    starter.write_text("#!/bin/sh\ntrap '' TERM\nexec \"$@\"\n")
-    os.chmod(starter, 0o755)
-    with open(sim.cluster.mom_priv("tdnode0") / "config", "a") as fh:
-        fh.write(f"$job_starter {starter}\n")
+    set_job_starter(sim, "trap '' TERM\n")
     t0 = time.monotonic()
     r = sim.cluster.run(sim.job([("tdnode0", 1)], "#!/bin/bash\nsleep 30\n", kill_after=0.2))
     assert 1.8 < time.monotonic() - t0 < 6
@@ -832,11 +838,7 @@ def test_qdel_sends_one_term_per_process(sim):
 
 
 def test_privileged_starter_runs_as_root(sim):
-    starter = sim.root / "starter.sh"
-    starter.write_text("#!/bin/sh\necho \"starter-uid=$(id -u) job=$PBS_JOBID\"\nexec \"$@\"\n")
-    os.chmod(starter, 0o755)
-    with open(sim.cluster.mom_priv("tdnode0") / "config", "a") as fh:
-        fh.write(f"$job_starter {starter}\n$job_starter_run_privileged true\n")
+    set_job_starter(sim, "echo \"starter-uid=$(id -u) job=$PBS_JOBID\"\n", "$job_starter_run_privileged true\n")
     job = sim.job([("tdnode0", 1)], "#!/bin/bash\necho script-uid=$(id -u)\n")
     r = sim.cluster.run(job)
     assert f"starter-uid=0 job={job.jobid}" in r.stdout

@@ -89,28 +89,31 @@ class _Tag(NamedTuple):
     end: int               # the offset after it
 
 
-def _markup(data: bytes) -> Iterator[Tuple[bytes, Optional[_Tag]]]:
-    """The file as (text before a tag, the tag), after the XML declaration; the last pair's
-    tag is None (the text after the last tag). BadJobFile at anything not a well-formed tag."""
+def _markup(data: bytes) -> Iterator[Tuple[bytes, Optional[_Tag], List[bytes]]]:
+    """The file as (text before a tag, the tag, the open elements around it), after the XML
+    declaration; the last tag is None (the text after the last tag). An end tag must close
+    the innermost open element, and has closed it when seen; a start tag is open from the
+    next step on. BadJobFile at anything not a well-formed tag or a misplaced end tag."""
     declaration = _DECLARATION.match(data)
     pos = declaration.end() if declaration else 0
+    stack: List[bytes] = []
     while True:
         lt = data.find(b"<", pos)
         if lt < 0:
-            yield data[pos:], None
+            yield data[pos:], None, stack
             return
-        tag = _TAG.match(data, lt)
-        if not tag:
+        match = _TAG.match(data, lt)
+        if not match:
             raise BadJobFile(f"no well-formed tag at byte {lt}")
-        between, pos = data[pos:lt], tag.end()
-        yield between, _Tag(tag.group(1) == b"/", tag.group(2), tag.group(4) == b"/", pos)
-
-
-def _close(stack: List[bytes], name: bytes) -> None:
-    """An end tag: it must close the innermost open element."""
-    if not stack or stack[-1] != name:
-        raise BadJobFile(f"</{name.decode()}> does not close the open element")
-    stack.pop()
+        between, pos = data[pos:lt], match.end()
+        tag = _Tag(match.group(1) == b"/", match.group(2), match.group(4) == b"/", pos)
+        if tag.closing:
+            if not stack or stack[-1] != tag.name:
+                raise BadJobFile(f"</{tag.name.decode()}> does not close the open element")
+            stack.pop()
+        yield between, tag, stack
+        if not tag.closing and not tag.empty:
+            stack.append(tag.name)
 
 
 def parse_job_file(data: bytes) -> JobFile:
@@ -128,12 +131,12 @@ def parse_job_file(data: bytes) -> JobFile:
     """
     if len(data) > MAX_BYTES:
         raise BadJobFile(f"larger than {MAX_BYTES} bytes")
-    stack: List[bytes] = []
+    stack: List[bytes] = []        # the open elements (_markup's)
     root_seen = False
     values: Dict[bytes, List[str]] = {b"jobid": [], b"fileprefix": []}
     text_of: Optional[bytes] = None       # the depth-1 element whose text we collect
     text: List[bytes] = []
-    for between, tag in _markup(data):
+    for between, tag, stack in _markup(data):
         if not stack and between.strip():
             raise BadJobFile("text outside the <job> element")
         if text_of is not None:
@@ -142,7 +145,6 @@ def parse_job_file(data: bytes) -> JobFile:
             break
         name, empty = tag.name, tag.empty
         if tag.closing:
-            _close(stack, name)
             if text_of is not None and len(stack) == 1:
                 values[text_of].append(b"".join(text).decode("utf-8", "surrogateescape"))
                 text_of, text = None, []
@@ -161,10 +163,8 @@ def parse_job_file(data: bytes) -> JobFile:
         elif len(stack) == 1 and name == _USER_PART and not empty:
             if not data[tag.end:].rstrip().endswith(b"</job>"):
                 raise BadJobFile("incomplete: no closing </job> (a file being written?)")
-            stack = []            # the rest is the job's attributes: user text, not read
+            stack.clear()         # the rest is the job's attributes: user text, not read
             break
-        if not empty:
-            stack.append(name)
     if not root_seen or stack:
         raise BadJobFile("incomplete: the <job> element is not closed (a file being written?)")
     jobids, prefixes = values[b"jobid"], values[b"fileprefix"]
@@ -196,33 +196,28 @@ def exec_host_of(data: bytes) -> str:
     ``<exec_host>`` directly in ``<attributes>``. BadJobFile otherwise.
     """
     parse_job_file(data)                      # complete, one job id
-    stack: List[bytes] = []
+    stack: List[bytes] = []        # the open elements (_markup's)
     found: List[str] = []
     text: Optional[List[bytes]] = None
-    for between, tag in _markup(data):
+    for between, tag, stack in _markup(data):
         if text is not None:
+            if tag is not None and not tag.closing:
+                raise BadJobFile("<exec_host> holds elements")
             text.append(between)
         if tag is None:
             break
-        name, empty = tag.name, tag.empty
         if tag.closing:
-            _close(stack, name)
             if text is not None and stack == [b"job", _USER_PART]:
                 found.append(_unescape(b"".join(text).decode("utf-8", "surrogateescape")).strip())
                 text = None
-            continue
-        if text is not None:
-            raise BadJobFile("<exec_host> holds elements")
-        if stack == [b"job"] and name == _USER_PART and _FOREIGN_ENTITY.search(data, tag.end):
+        elif stack == [b"job"] and tag.name == _USER_PART and _FOREIGN_ENTITY.search(data, tag.end):
             raise UserMarkup("the job's own text holds an '&NAME;' that pbs_mom wrote into its job file "
                              "as markup")
-        if stack == [b"job", _USER_PART] and name == b"exec_host":
-            if empty:
+        elif stack == [b"job", _USER_PART] and tag.name == b"exec_host":
+            if tag.empty:
                 found.append("")
-                continue
-            text = []
-        if not empty:
-            stack.append(name)
+            else:
+                text = []
     if stack:
         raise BadJobFile("incomplete: the <job> element is not closed")
     if len(found) != 1:

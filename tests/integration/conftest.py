@@ -6,6 +6,9 @@ product works, so a missing daemon is a failure (scripts/setup.sh provides one).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import os
 import pwd
 import re
@@ -79,6 +82,29 @@ def one_integration_run_at_a_time():
         pytest.fail(f"another integration run held {RUN_LOCK} for {RUN_LOCK_WAIT:.0f} s")
     yield
     os.close(fd)
+
+
+def build_image(client, dockerfile: str, name: str = "torque-docker-test/attack") -> str:
+    """A derived image tagged by a hash of its recipe (removed by the caller: remove_image)."""
+    tag = f"{name}-{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}:latest"
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True,
+                        network_mode="none", pull=False, timeout=300)
+    return tag
+
+
+def remove_image(client, ref: str) -> None:
+    with contextlib.suppress(docker.errors.APIError):
+        client.images.remove(ref, force=True)
+
+
+@contextlib.contextmanager
+def derived_image(client, dockerfile: str, name: str) -> Iterator[str]:
+    """build_image for the length of a with block (a module fixture's image)."""
+    tag = build_image(client, dockerfile, name)
+    try:
+        yield tag
+    finally:
+        remove_image(client, tag)
 
 
 def checkout_python(root: Path) -> str:

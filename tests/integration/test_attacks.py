@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import hashlib
 import io
 import json
 import os
@@ -28,10 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator, List
 
-import docker
 import pytest
 
-from conftest import OPENMPI_IMAGE, OTHER_USER, USER
+from conftest import OPENMPI_IMAGE, OTHER_USER, USER, build_image, remove_image
 
 from torque_docker import admin, lifecycle
 from torque_docker.identity import lookup
@@ -72,20 +70,12 @@ def stop(*_):
     os._exit(0)
 signal.signal(signal.SIGTERM, stop)
 jobs = sys.argv[1] + "/jobs"
+def job_dirs():
+    try:
+        return os.listdir(jobs)
+    except OSError:
+        return []
 """
-
-
-def build_image(client, dockerfile: str) -> str:
-    """A derived image tagged by a hash of its recipe (removed by the caller)."""
-    tag = f"torque-docker-test/attack-{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}:latest"
-    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True,
-                        network_mode="none", pull=False, timeout=300)
-    return tag
-
-
-def remove_image(client, ref: str) -> None:
-    with contextlib.suppress(docker.errors.APIError):
-        client.images.remove(ref, force=True)
 
 
 def body(result) -> List[str]:
@@ -152,11 +142,7 @@ def test_a_second_job_of_the_user_cannot_swap_the_group_file_runc_reads(site, do
     racer_code = RACER_FRAME + r"""
 evil = "root:x:0:\n2001:x:0:\ntduser:x:0:tduser\n"
 while True:
-    try:
-        names = os.listdir(jobs)
-    except OSError:
-        names = []
-    for job in names:
+    for job in job_dirs():
         ctr = f"{jobs}/{job}/ctr"
         try:
             if os.stat(ctr + "/group").st_uid == os.getuid():
@@ -263,10 +249,7 @@ SWAP_RACER = RACER_FRAME + r"""
 victim, target = sys.argv[2], sys.argv[3]
 known = set()
 while True:
-    try:
-        names = set(os.listdir(jobs))
-    except OSError:
-        names = set()
+    names = set(job_dirs())
     if names - known:                      # a prologue got past its checks: swap now
         known |= names
         bump("seen")
@@ -503,11 +486,7 @@ def test_a_fifo_planted_in_the_job_directory_never_hangs_the_prologue(make_site,
     site = make_site(nodes=1, prologalarm=40)
     racer_code = RACER_FRAME + r"""
 while True:
-    try:
-        names = os.listdir(jobs)
-    except OSError:
-        names = []
-    for job in names:
+    for job in job_dirs():
         path = f"{jobs}/{job}/ctr/ssh_config"
         try:
             if stat.S_ISREG(os.lstat(path).st_mode):

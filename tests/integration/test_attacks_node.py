@@ -9,8 +9,6 @@ test image and removed afterwards; processes started as the other user are ended
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import pwd
 import shutil
@@ -18,10 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import docker
 import pytest
 
-from conftest import ADDRESSES, OPENMPI_IMAGE, OTHER_USER, USER
+from conftest import ADDRESSES, OPENMPI_IMAGE, OTHER_USER, USER, derived_image
 from test_isolation import HeldJob, as_user, ctr_dir, direct_ssh_args, identity, ssh_as, user_tempdir
 
 from torque_docker import admin, keys, probe
@@ -106,13 +103,8 @@ def exiting_sshd_image(docker_client, images):
     recipe = (f"FROM {images['openmpi']}\n"
               "RUN printf '#!/bin/sh\\necho \"sshd: this image breaks sshd on purpose\" >&2\\nexit 1\\n' "
               "> /usr/sbin/sshd && chmod 755 /usr/sbin/sshd\n")
-    tag = f"{EXITING_SSHD}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
-    docker_client.images.build(fileobj=io.BytesIO(recipe.encode()), tag=tag, rm=True)
-    yield tag
-    try:
-        docker_client.images.remove(tag, force=True)
-    except docker.errors.APIError:
-        pass
+    with derived_image(docker_client, recipe, EXITING_SSHD) as tag:
+        yield tag
 
 
 LOOPED_SHELL = "torque-docker-test/looped-shell"
@@ -124,13 +116,8 @@ def looped_shell_image(docker_client, images):
     answers a question about that path with HTTP 500."""
     recipe = (f"FROM {images['openmpi']}\n"
               "RUN rm -f /bin/bash /usr/bin/bash && ln -s bash /usr/bin/bash && { [ -L /bin ] || ln -s bash /bin/bash; }\n")
-    tag = f"{LOOPED_SHELL}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
-    docker_client.images.build(fileobj=io.BytesIO(recipe.encode()), tag=tag, rm=True)
-    yield tag
-    try:
-        docker_client.images.remove(tag, force=True)
-    except docker.errors.APIError:
-        pass
+    with derived_image(docker_client, recipe, LOOPED_SHELL) as tag:
+        yield tag
 
 
 def no_node_down(result) -> None:

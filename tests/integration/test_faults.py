@@ -1,21 +1,19 @@
 """Faults. Each one: the job gets the right outcome and a clear message, and the
 node is left clean (at once, or by the sweep that every prologue and `gc` run)."""
-import io
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-import docker
 import pytest
 
-from conftest import OPENMPI_IMAGE
+from conftest import OPENMPI_IMAGE, derived_image
 
 from torque_docker import admin
 
 SLEEPER = "#!/bin/bash\necho started\nsleep 8\n"
-SILENT_IMAGE = "torque-docker-test/silent-sshd:latest"
+SILENT_IMAGE = "torque-docker-test/silent-sshd"
 SILENT_SSHD = "/usr/local/sbin/silent-sshd"
 
 
@@ -24,12 +22,8 @@ def silent_sshd_image(docker_client, images):
     """An image whose "sshd" runs and never listens: the readiness wait must be bounded."""
     dockerfile = (f"FROM {images['openmpi']}\n"
                   f"RUN printf '#!/bin/sh\\nexec sleep 3600\\n' > {SILENT_SSHD} && chmod 755 {SILENT_SSHD}\n")
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=SILENT_IMAGE, rm=True)
-    yield SILENT_IMAGE
-    try:
-        docker_client.images.remove(SILENT_IMAGE, force=True)
-    except docker.errors.APIError:
-        pass
+    with derived_image(docker_client, dockerfile, SILENT_IMAGE) as tag:
+        yield tag
 
 
 def run_hook(site, node, hook, argv_tail, extra_env=None):

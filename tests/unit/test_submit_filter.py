@@ -372,17 +372,26 @@ def test_user_python_environment_cannot_break_it(site):
 
 
 # ----------------------------------------------------------------------------- chaining
-def test_a_sites_filter_runs_first_and_its_rejection_stands(tmp_path, monkeypatch):
+def site_with_a_filter(tmp_path, monkeypatch, config_text: str, filter_text: str):
+    """A submit host's PBS_HOME whose torque.cfg has the site's own SUBMITFILTER, and our
+    config (in TORQUE_DOCKER_CONF): (pbs_home, config file, the site's filter)."""
     home = tmp_path / "pbs_home"
     home.mkdir()
     conf = tmp_path / "etc" / "torque-docker.conf"
     conf.parent.mkdir()
-    conf.write_text("")
+    conf.write_text(config_text)
     monkeypatch.setenv("TORQUE_DOCKER_CONF", str(conf))
     theirs = tmp_path / "site-filter"
-    theirs.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = reject ] && { echo 'site: no' >&2; exit 255; }; done\n"
-                      "read first; echo \"$first\"; echo '#PBS -A project42'; cat\n")
+    theirs.write_text(filter_text)
     theirs.chmod(0o755)
+    return home, conf, theirs
+
+
+def test_a_sites_filter_runs_first_and_its_rejection_stands(tmp_path, monkeypatch):
+    home, conf, theirs = site_with_a_filter(
+        tmp_path, monkeypatch, "",
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = reject ] && { echo 'site: no' >&2; exit 255; }; done\n"
+        "read first; echo \"$first\"; echo '#PBS -A project42'; cat\n")
     cfg_text = f"SERVERHOST head\nSUBMITFILTER {theirs}\n"
     (home / "torque.cfg").write_text(cfg_text)
     submitadmin.install(str(home), python="/usr/bin/python3", legacy="", out=open(os.devnull, "w"))
@@ -403,15 +412,8 @@ def test_a_sites_filter_runs_first_and_its_rejection_stands(tmp_path, monkeypatc
 def test_the_users_environment_chooses_neither_the_site_filter_nor_the_policy(tmp_path, monkeypatch):
     """The filter runs as the user: pointing TORQUE_DOCKER_CONF elsewhere must not skip the
     site's own filter (qsub ran it unskippably before install) nor the site's image policy."""
-    home = tmp_path / "pbs_home"
-    home.mkdir()
-    conf = tmp_path / "etc" / "torque-docker.conf"
-    conf.parent.mkdir()
-    conf.write_text("[images]\nallowed = debian:*\n")
-    monkeypatch.setenv("TORQUE_DOCKER_CONF", str(conf))
-    theirs = tmp_path / "site-filter"
-    theirs.write_text("#!/bin/sh\necho '#PBS -A project42'; cat\n")
-    theirs.chmod(0o755)
+    home, conf, theirs = site_with_a_filter(tmp_path, monkeypatch, "[images]\nallowed = debian:*\n",
+                                            "#!/bin/sh\necho '#PBS -A project42'; cat\n")
     (home / "torque.cfg").write_text(f"SUBMITFILTER {theirs}\n")
     submitadmin.install(str(home), python="/usr/bin/python3", legacy="", out=open(os.devnull, "w"))
     ours = str(home / submitadmin.FILTER_NAME)
