@@ -90,7 +90,7 @@ class JobIdentity:
 
     @classmethod
     def of(cls, ctx: "HookContext") -> "JobIdentity":
-        return cls(ctx.jobid, ctx.user, ctx.group, (ctx.environ or {}).get("PBS_MSHOST", ""))
+        return cls(ctx.jobid, ctx.user, ctx.group, ctx.mshost)
 
     def parts(self) -> Tuple[str, str, str, str]:
         return (self.jobid, self.user, self.group, self.mshost)

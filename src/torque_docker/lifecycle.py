@@ -81,14 +81,14 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
             resources.memory_limit(requested, model, sum(len(c.nodefile_slots) for c in node.containers), num_nodes)
     else:
         try:
-            slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.environ)
+            slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.num_ppn, ctx.num_nodes)
         except RequestError:
             if model == "process":
                 raise
             slots_here = None        # per-node: one container anyway, just not pinned
         count = 1 if model == "node" or slots_here is None else slots_here
         nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
-        num_nodes = int(ctx.environ.get("PBS_NUM_NODES", "1") or "1")
+        num_nodes = ctx.num_nodes or 1
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
     passed = devices.resolve(cfg.devices_paths)     # the node's fault when the site's devices are missing
     timer.step("plan")
@@ -110,7 +110,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
                      address=cfg.listen_address(), image=reference, image_id=image_id, timer=timer)
     binds = job_binds(user, ctx.workdir, extra_mounts, state.ctr_dir(ctx.jobid),
                       forbidden=policy.forbidden_sources(cfg), site=policy.default_mounts(cfg),
-                      tmpdir=torque_tmpdir(ctx))
+                      tmpdir=ctx.tmpdir)
     setup = Setup(ctx.jobid)
     try:
         tmpfs = container_tmpfs(volumes, binds, cfg.jobs_tmp_size, shown)
@@ -355,21 +355,6 @@ def _pin_dir(path: str, missing: TorqueDockerError) -> hostpath.Pinned:
         raise missing from None
     except OSError as exc:
         raise RequestError(f"{path} cannot be opened ({exc.strerror})", "give a directory you can read") from None
-
-
-def torque_tmpdir(ctx: HookContext) -> str:
-    """The job's own directory under mom's ``$tmpdir``, when mom has one.
-
-    mom makes ``$tmpdir/<jobid>`` as the job's user and puts it in ``TMPDIR`` of the
-    prologues and of the job, before any prologue, on every node (src/resmom/start_exec.c:
-    TTmpDirName, TMakeTmpDir; src/resmom/mom_comm.c for a sister's join), and removes it
-    with the job (src/resmom/mom_job_func.c). The containers see it at the same path, so
-    the job's ``$TMPDIR`` works inside; ``/tmp`` stays the site's sized tmpfs. The prologue's
-    environment is mom's, not the job's, and only a path named after the job is taken."""
-    value = ctx.environ.get("TMPDIR", "") if ctx.environ else ""
-    if value.startswith("/") and ".." not in value.split("/") and os.path.basename(value.rstrip("/")) == ctx.jobid:
-        return "/" + os.path.normpath(value).lstrip("/")
-    return ""
 
 
 def job_binds(user: UserInfo, workdir: str, extra: Sequence[Mount], ctr_dir: Path,

@@ -83,11 +83,12 @@ def slot_alias(nodes: Sequence[NodePlan]) -> Dict[int, str]:
     return table
 
 
-def local_slot_count(node_index: int, resources: Mapping[str, str], environ: Mapping[str, str]) -> int:
+def local_slot_count(node_index: int, resources: Mapping[str, str], num_ppn: int = 0, num_nodes: int = 0) -> int:
     """Slots this node holds, without a nodefile (sisters have none).
 
-    From the ``nodes=`` spec (``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``), else ``procs=``
-    spread by PBS_NUM_NODES, else PBS_NUM_PPN. Raises when it cannot tell.
+    From the ``nodes=`` spec (``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``), else PBS_NUM_PPN
+    (``num_ppn``), else ``procs=`` spread over PBS_NUM_NODES (``num_nodes``); 0 is not
+    given. Raises when it cannot tell.
     """
     spec = resources.get("nodes") or resources.get("neednodes") or ""
     if spec:
@@ -96,12 +97,10 @@ def local_slot_count(node_index: int, resources: Mapping[str, str], environ: Map
             per_node.extend([ppn] * count)
         if node_index < len(per_node):
             return per_node[node_index]
-    num_ppn = environ.get("PBS_NUM_PPN", "")
-    if num_ppn.isdigit() and int(num_ppn) > 0:
-        return int(num_ppn)
+    if num_ppn > 0:
+        return num_ppn
     procs = resources.get("procs", "")
-    nodes = environ.get("PBS_NUM_NODES", "")
-    if procs.isdigit() and nodes.isdigit() and int(nodes) > 0:
-        return max(1, int(procs) // int(nodes))
+    if procs.isdigit() and num_nodes > 0:
+        return max(1, int(procs) // num_nodes)
     raise RequestError(f"cannot tell how many slots node {node_index} holds (nodes={spec or 'unset'})",
                        "ask with -l nodes=N:ppn=M")

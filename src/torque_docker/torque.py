@@ -43,6 +43,47 @@ class HookContext:
     def is_prologue(self) -> bool:
         return self.kind in PROLOGUES
 
+    def _env(self, name: str) -> str:
+        return (self.environ or {}).get(name, "")
+
+    def _count(self, name: str) -> int:
+        value = self._env(name)
+        return int(value) if value.isdigit() else 0
+
+    @property
+    def mshost(self) -> str:
+        """``PBS_MSHOST``: the mother superior's name, as every node of the job is told it."""
+        return self._env("PBS_MSHOST")
+
+    @property
+    def np(self) -> int:
+        """``PBS_NP``: the job's slot count (0: not given)."""
+        return self._count("PBS_NP")
+
+    @property
+    def num_nodes(self) -> int:
+        """``PBS_NUM_NODES`` (0: not given)."""
+        return self._count("PBS_NUM_NODES")
+
+    @property
+    def num_ppn(self) -> int:
+        """``PBS_NUM_PPN`` (0: not given)."""
+        return self._count("PBS_NUM_PPN")
+
+    @property
+    def tmpdir(self) -> str:
+        """The job's own directory under mom's ``$tmpdir``, when mom has one ('' otherwise).
+
+        mom makes ``$tmpdir/<jobid>`` as the job's user and puts it in ``TMPDIR`` of the
+        prologues and of the job, before any prologue, on every node (src/resmom/start_exec.c:
+        TTmpDirName, TMakeTmpDir; src/resmom/mom_comm.c for a sister's join), and removes it
+        with the job (src/resmom/mom_job_func.c). The prologue's environment is mom's, not
+        the job's, and only a path named after the job is taken."""
+        value = self._env("TMPDIR")
+        if value.startswith("/") and ".." not in value.split("/") and os.path.basename(value.rstrip("/")) == self.jobid:
+            return "/" + os.path.normpath(value).lstrip("/")
+        return ""
+
 
 def pbs_home_from(argv0: str, cwd: str) -> Path:
     """``$PBS_HOME``: the parent of mom_priv, where the hook lives and runs (cwd)."""
@@ -260,13 +301,11 @@ def assigned_hosts(ctx: "HookContext") -> List[str]:
                         "torque-docker plans from exec_host in the XML job files of Torque 6; is this "
                         "hook run by such a pbs_mom?")
     hosts = parse_exec_host(text)
-    np = (ctx.environ or {}).get("PBS_NP", "")
-    if np.isdigit() and int(np) != len(hosts):
-        raise NodeFault(f"exec_host {text[:200]} holds {len(hosts)} slots, PBS_NP says {np}",
+    if ctx.np and ctx.np != len(hosts):
+        raise NodeFault(f"exec_host {text[:200]} holds {len(hosts)} slots, PBS_NP says {ctx.np}",
                         "pbs_mom's job file and its environment disagree; look at this node's pbs_mom")
-    mshost = (ctx.environ or {}).get("PBS_MSHOST", "")
-    if mshost and hosts[0] != mshost:
-        raise NodeFault(f"exec_host {text[:200]} does not start with this node ({mshost})",
+    if ctx.mshost and hosts[0] != ctx.mshost:
+        raise NodeFault(f"exec_host {text[:200]} does not start with this node ({ctx.mshost})",
                         "pbs_mom's job file and its environment disagree; look at this node's pbs_mom")
     return hosts
 

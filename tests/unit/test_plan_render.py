@@ -60,14 +60,14 @@ def test_bad_nodefile_line_is_refused():
     ("2:ppn=3+1:ppn=5", 2, 5),
 ])
 def test_local_slot_count_from_nodes_spec(spec, index, expected):
-    assert plan.local_slot_count(index, {"nodes": spec}, {}) == expected
+    assert plan.local_slot_count(index, {"nodes": spec}) == expected
 
 
 def test_local_slot_count_fallbacks():
-    assert plan.local_slot_count(3, {}, {"PBS_NUM_PPN": "6"}) == 6
-    assert plan.local_slot_count(1, {"procs": "8"}, {"PBS_NUM_NODES": "2"}) == 4
+    assert plan.local_slot_count(3, {}, num_ppn=6) == 6
+    assert plan.local_slot_count(1, {"procs": "8"}, num_nodes=2) == 4
     with pytest.raises(RequestError, match="cannot tell how many slots"):
-        plan.local_slot_count(1, {}, {})
+        plan.local_slot_count(1, {})
 
 
 def test_parse_nodes_spec():
