@@ -10,7 +10,7 @@ import re
 import stat
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -33,7 +33,7 @@ class HookContext:
     workdir: str
     nodefile: Optional[Path]  # MS only
     exit_status: Optional[int] = None  # epilogues only
-    environ: Mapping[str, str] = None  # type: ignore[assignment]
+    environ: Mapping[str, str] = field(default_factory=dict)   # what pbs_mom gave the hook
 
     @property
     def is_ms(self) -> bool:
@@ -44,7 +44,7 @@ class HookContext:
         return self.kind in PROLOGUES
 
     def _env(self, name: str) -> str:
-        return (self.environ or {}).get(name, "")
+        return self.environ.get(name, "")
 
     def _count(self, name: str) -> int:
         value = self._env(name)
