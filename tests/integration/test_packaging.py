@@ -156,11 +156,11 @@ def test_installed_hooks_pass_pbs_moms_permission_check(root):
 
 def test_installed_library_and_command_work(root, dump):
     env = python_env(root, dump)
-    where = subprocess.run(["/usr/bin/python3", "-s", "-c", "import torque_docker.admin as a, torque_docker.render as r; "
+    where = subprocess.run(["/usr/bin/python3", "-s", "-c", "import torque_docker.install as a, torque_docker.render as r; "
                             "print(a.__file__); print(r.PACKAGE_TEMPLATES.is_dir(), a.PACKAGE_HOOKS.is_dir())"],
                            capture_output=True, text=True, env=env, cwd="/", timeout=60)
     assert where.returncode == 0, where.stderr
-    assert where.stdout.splitlines() == [f"{root}{sitelib(dump)}/torque_docker/admin.py", "True True"]
+    assert where.stdout.splitlines() == [f"{root}{sitelib(dump)}/torque_docker/install.py", "True True"]
     printed = subprocess.run([str(root / "usr/bin/torque-docker"), "config"], capture_output=True, text=True,
                              env=env, cwd="/", timeout=60)
     assert printed.returncode == 0 and printed.stdout == config.render_defaults(), printed.stderr
