@@ -363,7 +363,7 @@ def image_problem(cfg: Config, image: str, timeout: float = 60.0) -> Optional[st
         state = NodeState(str(work))
         state.ensure()
         secrets_ = keys_mod.JobSecrets.derive(os.urandom(32), keys_mod.JobIdentity(jobid, user.name, "", ""))
-        lifecycle.prepare_job_dir(state, jobid, user, secrets_, cfg, log_level="ERROR")
+        lifecycle.prepare_job_dir(state, jobid, user, secrets_, cfg)
         ctr = state.ctr_dir(jobid)
         binds = ((str(ctr), lifecycle.CTR_DIR, True), (str(ctr / "passwd"), "/etc/passwd", True),
                  (str(ctr / "group"), "/etc/group", True))

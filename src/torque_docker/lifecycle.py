@@ -119,7 +119,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         record = JobRecord(jobid=ctx.jobid, user=user.name, node_index=ctx.node_index, host=job.host,
                            ms=ctx.is_ms, image=reference, started=time.time())
         state.save_job(record)
-        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, log_level="ERROR", image_id=image_id)
+        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg)
         staged = stage_binds(state, ctx.jobid, binds)
         timer.step("files")
         cores = resources.torque_cpuset(ctx.jobid)
@@ -452,7 +452,7 @@ def image_tag(image_id: str) -> str:
 
 
 def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys.JobSecrets, cfg: Config,
-                    log_level: str, image_id: str = "") -> None:
+                    log_level: str = "ERROR") -> None:
     """The job's files on this node, seen in its containers at /run/torque-docker.
 
     ``<job dir>/ctr`` is a tmpfs of ``[jobs] files_size`` (the containers write there, so it

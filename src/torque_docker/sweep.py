@@ -22,12 +22,16 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, TextIO
 
 from . import config as config_mod
 from . import momjobs
 from .errors import NodeFault
+from .log import Log
 from .state import NodeState, flock_within, open_lock_file
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 RECHECK_PAUSE = 0.5       # seconds between the two reads of the job files before a removal
 HOOK_LOCK_WAIT = 120.0    # a prologue waits at most this long for a sweep tearing down its slot
@@ -99,8 +103,8 @@ def _claim(cfg: config_mod.Config, jobid: str) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------- the sweep
-def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: str = "", log=None,
-       out=None, runtime=None, skip: str = "") -> Dict[str, List[str]]:
+def gc(cfg: config_mod.Config, pbs_home: str, *, grace: float = 600.0, server: str = "", log: Optional[Log] = None,
+       out: Optional[TextIO] = None, runtime: Optional["Runtime"] = None, skip: str = "") -> Dict[str, List[str]]:
     """Remove containers and state of jobs pbs_mom no longer knows. Never touches a known job,
     nor anything younger than ``grace`` seconds, nor a job whose prologue runs now.
 
