@@ -81,14 +81,14 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
             resources.memory_limit(requested, model, sum(len(c.nodefile_slots) for c in node.containers), num_nodes)
     else:
         try:
-            slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.num_ppn, ctx.num_nodes)
+            slots_here = plan.local_slot_count(ctx.node_index, requested, ctx.size.num_ppn, ctx.size.num_nodes)
         except RequestError:
             if model == "process":
                 raise
             slots_here = None        # per-node: one container anyway, just not pinned
         count = 1 if model == "node" or slots_here is None else slots_here
         nodes, local = [], plan.plan_local(ctx.jobid, ctx.node_index, count, model, ports)
-        num_nodes = ctx.num_nodes or 1
+        num_nodes = ctx.size.num_nodes or 1
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
     passed = devices.resolve(cfg.devices_paths)     # the node's fault when the site's devices are missing
     timer.step("plan")

@@ -12,12 +12,18 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import NodeFault, RequestError
 
 PROLOGUES = ("prologue", "prologue.parallel")
 EPILOGUES = ("epilogue", "epilogue.parallel")
+
+
+class JobSize(NamedTuple):
+    np: int            # PBS_NP: slots in all
+    num_nodes: int     # PBS_NUM_NODES
+    num_ppn: int       # PBS_NUM_PPN
 
 
 @dataclass(frozen=True)
@@ -46,29 +52,16 @@ class HookContext:
     def _env(self, name: str) -> str:
         return self.environ.get(name, "")
 
-    def _count(self, name: str) -> int:
-        value = self._env(name)
-        return int(value) if value.isdigit() else 0
-
     @property
     def mshost(self) -> str:
         """``PBS_MSHOST``: the mother superior's name, as every node of the job is told it."""
         return self._env("PBS_MSHOST")
 
     @property
-    def np(self) -> int:
-        """``PBS_NP``: the job's slot count (0: not given)."""
-        return self._count("PBS_NP")
-
-    @property
-    def num_nodes(self) -> int:
-        """``PBS_NUM_NODES`` (0: not given)."""
-        return self._count("PBS_NUM_NODES")
-
-    @property
-    def num_ppn(self) -> int:
-        """``PBS_NUM_PPN`` (0: not given)."""
-        return self._count("PBS_NUM_PPN")
+    def size(self) -> "JobSize":
+        """The job's slots and nodes as pbs_mom tells a hook (0 where it does not)."""
+        counts = [self._env(name) for name in ("PBS_NP", "PBS_NUM_NODES", "PBS_NUM_PPN")]
+        return JobSize(*(int(c) if c.isdigit() else 0 for c in counts))
 
     @property
     def tmpdir(self) -> str:
@@ -301,8 +294,9 @@ def assigned_hosts(ctx: "HookContext") -> List[str]:
                         "torque-docker plans from exec_host in the XML job files of Torque 6; is this "
                         "hook run by such a pbs_mom?")
     hosts = parse_exec_host(text)
-    if ctx.np and ctx.np != len(hosts):
-        raise NodeFault(f"exec_host {text[:200]} holds {len(hosts)} slots, PBS_NP says {ctx.np}",
+    np = ctx.size.np
+    if np and np != len(hosts):
+        raise NodeFault(f"exec_host {text[:200]} holds {len(hosts)} slots, PBS_NP says {np}",
                         "pbs_mom's job file and its environment disagree; look at this node's pbs_mom")
     if ctx.mshost and hosts[0] != ctx.mshost:
         raise NodeFault(f"exec_host {text[:200]} does not start with this node ({ctx.mshost})",

@@ -22,7 +22,7 @@ def test_tmpdir_is_only_mom_s_directory_named_after_the_job(value, expected):
 
 def test_counts_and_the_mother_superior_come_from_the_environment():
     ctx = context({"PBS_NP": "8", "PBS_NUM_NODES": "2", "PBS_NUM_PPN": "x", "PBS_MSHOST": "n0", "PBS_NODENUM": "1"})
-    assert (ctx.np, ctx.num_nodes, ctx.num_ppn, ctx.mshost, ctx.node_index) == (8, 2, 0, "n0", 1)
+    assert (ctx.size, ctx.mshost, ctx.node_index) == ((8, 2, 0), "n0", 1)
     assert not ctx.is_ms and ctx.resource_list == "other=image=a" and ctx.pbs_home == Path("/x")
 
 
