@@ -58,7 +58,7 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
     if not is_container_job(resource_list_of(kind, argv)):
         return EXIT_OK                      # not ours: touch nothing, import nothing heavy
     skip_distutils_shim()
-    from .hookrun import REFUSED_TO_STARTER, REQUEUE, Hook
+    from .hookrun import REFUSED, REFUSED_TO_STARTER, REQUEUE, Hook
 
     hook = Hook(kind, argv, os.environ)
     jobid = hook.jobid
@@ -77,8 +77,9 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
         hook.log.error(jobid, f"{kind}: internal error: {exc!r}{_sister_note(kind, exc)}\n{traceback.format_exc()}")
         _say(f"job {jobid}: internal error in {kind}: {exc!r}; please report it to the admin")
     if kind == "prologue" and error is not None:
-        outcome = hook.ms_prologue_failed(error)
-        return {REQUEUE: EXIT_REQUEUE, REFUSED_TO_STARTER: EXIT_OK}.get(outcome, EXIT_ABORT)
+        # Requeued; refused, the job starter tells the user (the job "runs" and fails); refused
+        # without a starter: abort.
+        return {REQUEUE: EXIT_REQUEUE, REFUSED_TO_STARTER: EXIT_OK, REFUSED: EXIT_ABORT}[hook.ms_prologue_failed(error)]
     return hook_exit_code(kind, error)
 
 
