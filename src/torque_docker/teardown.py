@@ -13,15 +13,17 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar, Union
 
 from . import hostpath
 from .config import Config
 from .errors import NodeFault
 from .log import Log
-from .runtime import Runtime
 from .state import NodeState, write_in_place
 from .torque import safe_jobid
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Teardown:
     errors: List[str] = field(default_factory=list)
 
 
-def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, nodefile: Optional[Path] = None,
+def teardown(cfg: Config, jobid: str, *, runtime: Optional["Runtime"] = None, nodefile: Optional[Path] = None,
              log: Optional[Log] = None) -> Teardown:
     """Remove everything of jobid on this node. Every step runs; the errors are returned."""
     result = Teardown()
@@ -45,6 +47,7 @@ def teardown(cfg: Config, jobid: str, *, runtime: Optional[Runtime] = None, node
             result.errors.append(f"{name}: {exc}")
 
     def remove_containers() -> None:
+        from .runtime import Runtime       # here: importing teardown (the sweep, check) costs no Docker SDK
         rt = runtime or Runtime.from_config(cfg)
         idents = {c.id for c in rt.containers(jobid=jobid, host=host)}
         idents |= {c.id for c in record.containers if c.id}
