@@ -264,6 +264,16 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
         return None
     check("devices and limits", fabric)
 
+    def gpu_method() -> Optional[str]:
+        """How containers get GPUs here and what the node has: FAIL when [gpus] names devices,
+        driver files or a runtime the node lacks (GPU jobs would be requeued off it)."""
+        from . import gpus
+        assert cfg is not None
+        notes.append(gpus.describe(cfg))
+        gpus.check_node(cfg)
+        return None
+    check("GPUs", gpu_method)
+
     def ssh_include() -> Optional[str]:
         assert cfg is not None
         dropin = Path(cfg.ssh_dropin)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from . import devices, limits
+from . import devices, gpus, limits
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/torque-docker/torque-docker.conf"
@@ -287,6 +287,11 @@ class Config:
     jobs_read_only_root: bool = _option(_bool, "no", "the image's file system is read-only in containers (only /tmp, /dev/shm, the job's files and mounts are writable)")
     jobs_files_size: str = _option(_size, "16m", "size of the per-job tmpfs that holds the job's keys and SSH files (/run/torque-docker in containers)")
     devices_paths: Tuple[Tuple[str, str], ...] = _option(_devices, "", "device nodes every container gets, HOST[:CONTAINER] (e.g. /dev/infiniband /dev/kfd; a directory: the device nodes below it)")
+    gpus_method: str = _option(_choice(*gpus.METHODS), "none", "how containers get the GPUs Torque gave the job: devices (device nodes and driver files), nvidia-runtime (Docker's device requests) or none (GPU jobs are refused)")
+    gpus_devices: Tuple[Tuple[str, str], ...] = _option(gpus.parse_devices, "/dev/nvidia%d", "each GPU's device node by index, HOST[:CONTAINER]: one pattern with %d, or a list (the i-th is GPU i)")
+    gpus_shared_devices: Tuple[Tuple[str, str], ...] = _option(_devices, "/dev/nvidiactl /dev/nvidia-uvm", "method devices: device nodes every container with a GPU also gets (character devices)")
+    gpus_driver_files: Tuple[Tuple[str, str], ...] = _option(gpus.parse_files, "", "method devices: the driver's user-space files bound read-only into containers with a GPU, HOST[:CONTAINER] (root's, writable by no one else)")
+    gpus_sister: str = _option(_choice(*gpus.SISTER_CHOICES), "refuse", "how a node other than the job's first learns its GPUs: refuse (GPU jobs there are refused), whole-node (only a job that asks for all of the node's), cgroup (Torque's devices cgroup)")
     limits_ulimits: Tuple[Tuple[str, int, int], ...] = _option(_ulimits, "", "ulimits of every container, NAME=SOFT[:HARD] words, e.g. nofile=65536 core=0 (empty: the Docker daemon's; memlock is unlimited when [devices] passes RDMA devices and this sets none)")
     limits_user_max: Tuple[Tuple[str, int, int], ...] = _option(_ulimits, "", "highest ulimits a job may ask for with ulimit=NAME=SOFT[:HARD] (a name not here: at most the site's own value)")
     images_allowed: Tuple[str, ...] = _option(_patterns("image"), "*", "image patterns users may ask for (fnmatch on the full reference)")
@@ -404,6 +409,7 @@ RULES: List[Rule] = [
          "add the image to [images] allowed or remove the alias"),
     Rule(("check_image", "images_aliases", "images_allowed"), _check_image_allowed,
          "name an allowed image or alias"),
+    Rule(("gpus_devices", "gpus_method"), gpus.config_problem, "list the GPUs' device nodes or choose another method"),
 ]
 
 

@@ -1,36 +1,424 @@
-"""GPUs a job asks for with ``gpus=N`` in its ``nodes=`` request.
+"""GPUs a job asks for with ``gpus=N`` in its ``nodes=`` request, and only those, in its containers.
 
-Torque tells the mother superior which GPUs it chose (``$PBS_HOME/aux/<jobid>gpu``), but a
-sister learns only the count during its prologue (its job file is written after the
-join), and without Torque's cgroups nothing on a node restricts a job to its GPUs.
-torque-docker does not yet pass GPUs into containers, so a container job that asks for
-GPUs would run without them, silently. It is refused instead, as the user's request that
-this site cannot honour (never a node fault: no node could), at qsub where the submit
-filter runs and in the prologue.
+Which GPUs: Torque tells only the mother superior which GPUs it chose
+(``$PBS_HOME/aux/<jobid>gpu``, one ``host-gpuN`` line per GPU); a sister learns only the
+count during ``prologue.parallel`` (its job file is written after the join;
+docs/torque-facts.md "GPUs"). So the MS reads the file (its own node's lines) and a sister
+does what the site chose in ``[gpus] sister``:
+
+- ``refuse``: a job that asks for GPUs on a sister is refused (the MS sees that in the
+  ``nodes=`` request and refuses before anything starts);
+- ``whole-node``: the sister gives the node's GPUs when the job asked for as many as the
+  node has (then Torque can have chosen no other set), and refuses otherwise;
+- ``cgroup``: the sister reads Torque's devices cgroup of the job (Torque built with
+  cgroups allows the job exactly its GPUs' device nodes), a missing one is the node's fault.
+
+How: ``[gpus] method``: ``devices`` passes each GPU's device node (``[gpus] devices``) plus
+the node-wide ones (``shared_devices``) and binds the site's driver files read-only;
+``nvidia-runtime`` asks Docker for the GPUs by index (a device request with driver
+``nvidia``, as ``docker run --gpus``), and the NVIDIA runtime mounts the driver; ``none``
+(the default) gives containers no GPUs and refuses GPU jobs. In every container that gets
+no GPU through the NVIDIA runtime, ``NVIDIA_VISIBLE_DEVICES=void``: an image that says
+``all`` (CUDA images do) would otherwise get every GPU of a node whose Docker runs the
+NVIDIA runtime by default.
+
+With one container per process, the node's GPUs are split among its containers in slot
+order (see ``split``). Inside, ``CUDA_VISIBLE_DEVICES`` is ``0..k-1`` (the container sees
+only its k GPUs, which CUDA numbers from 0 in host order) and ``NVIDIA_VISIBLE_DEVICES``
+the host indices (nvidia-runtime). The ssh logins into a container (MPI ranks, pbsdsh
+tasks) read them from ``gpus.env`` in the job's files, the job starter from its record.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import os
+import re
+import shlex
+import stat
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import PolicyError
+from .devices import Device, parse_entry
+from .errors import NodeFault, PolicyError
+
+METHODS = ("none", "devices", "nvidia-runtime")
+SISTER_CHOICES = ("refuse", "whole-node", "cgroup")
+MAX_GPUS = 64                 # per node; more device nodes than this are not GPUs
+MAX_FILE = 64 * 1024          # a gpu file of one job is a few lines
+#: Torque's devices cgroup of a job: <root>/<jobid>/devices.list (src/resmom/trq_cgroups.c).
+DEVICES_ROOTS = ("/sys/fs/cgroup/devices/torque",)
+GPU_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+#: dockerd registers the device driver "nvidia" (docker run --gpus) when it finds this on its PATH.
+HOOK = "nvidia-container-runtime-hook"
+HOOK_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/sbin", "/usr/local/sbin", "/bin", "/sbin")
+ENV_FILE = "gpus.env"         # in the job's files: per container, sourced by every ssh login
+_GPU_LINE = re.compile(r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]{0,252})-gpu/?(?P<index>[0-9]{1,3})", re.ASCII)
+
+
+# ----------------------------------------------------------------------------- the request
+def per_node(nodes_spec: str) -> List[int]:
+    """GPUs asked for on each node, in the order of the request's nodes (exec_host's):
+    ``2:ppn=4:gpus=2`` gives [2, 2], ``n1:gpus=1+n2`` [1, 0]."""
+    out: List[int] = []
+    for chunk in nodes_spec.split("+"):
+        fields = chunk.split(":")
+        count = int(fields[0]) if fields[0].isdigit() else 1
+        gpus = 0
+        for extra in fields[1:]:
+            if extra.startswith("gpus="):
+                gpus = int(extra[5:]) if extra[5:].isdigit() else 1
+        out.extend([gpus] * min(count, 100000))
+    return out
 
 
 def requested(nodes_spec: str) -> int:
     """Total GPUs of a ``nodes=`` value: ``2:ppn=4:gpus=2`` asks for 4, ``n1:gpus=1+n2`` for 1."""
-    total = 0
-    for chunk in nodes_spec.split("+"):
-        fields = chunk.split(":")
-        count = int(fields[0]) if fields[0].isdigit() else 1
-        for extra in fields[1:]:
-            if extra.startswith("gpus="):
-                total += count * (int(extra[5:]) if extra[5:].isdigit() else 1)
-    return total
+    return sum(per_node(nodes_spec))
 
 
-def refuse_requested(resources: Mapping[str, str]) -> None:
-    """Raise PolicyError when the job asks for GPUs its containers would not get."""
-    count = requested(resources.get("nodes", ""))
-    if count:
-        raise PolicyError(f"the job asks for {count} GPU(s) (gpus= in nodes={resources.get('nodes', '')}), and "
-                          "torque-docker cannot give containers GPUs yet",
-                          "run GPU jobs without other=image=..., or drop gpus= if the job needs no GPU")
+def refuse_requested(resources: Mapping[str, str], method: str = "none", sister: str = "refuse") -> None:
+    """Raise PolicyError when the job asks for GPUs this site cannot give its containers:
+    the method is ``none``, or GPUs on a sister where sisters refuse them. The same words
+    at qsub (the submit filter) and in the MS prologue; never the node's fault, since every
+    node of the site would answer the same."""
+    spec = resources.get("nodes", "")
+    count = requested(spec)
+    if not count:
+        return
+    if method == "none":
+        raise PolicyError(f"the job asks for {count} GPU(s) (gpus= in nodes={spec}), and this site gives "
+                          "containers no GPUs ([gpus] method = none)",
+                          "run GPU jobs without image=, drop gpus= if the job needs no GPU, or ask the admin")
+    if sister == "refuse" and any(per_node(spec)[1:]):
+        raise PolicyError(f"the job asks for GPUs on more than its first node (nodes={spec}); this site gives "
+                          "container jobs GPUs on the first node only ([gpus] sister = refuse): only there "
+                          "does Torque say which GPUs it chose",
+                          "ask for GPUs on one node (e.g. nodes=1:ppn=4:gpus=2), or ask the admin")
+
+
+# ----------------------------------------------------------------------------- the site's config
+def parse_devices(value: str) -> Tuple[Device, ...]:
+    """``[gpus] devices``: one ``HOST[:CONTAINER]`` pattern with ``%d`` for the GPU's index
+    (``/dev/nvidia%d``), or a list of device nodes, the GPU of index i being the i-th."""
+    words = [w for w in re.split(r"[\s,]+", value) if w]
+    if any("%d" in w for w in words):
+        if len(words) != 1:
+            raise ValueError("give either one pattern with %d or a list of device nodes, not both")
+        host, sep, inside = words[0].partition(":")
+        inside = inside if sep else host
+        if host.count("%d") != 1 or inside.count("%d") != 1 or "%" in host.replace("%d", "") + inside.replace("%d", ""):
+            raise ValueError(f"{words[0]!r}: %d must appear once on each side, and no other %")
+        parse_entry(f"{host.replace('%d', '0')}:{inside.replace('%d', '0')}")
+        return ((host, inside),)
+    out: List[Device] = []
+    for word in words:
+        entry = parse_entry(word)
+        if any(entry[1] == other[1] for other in out):
+            raise ValueError(f"{entry[1]} is given twice")
+        out.append(entry)
+    if len(out) > MAX_GPUS:
+        raise ValueError(f"more than {MAX_GPUS} GPUs")
+    return tuple(out)
+
+
+def parse_files(value: str) -> Tuple[Tuple[str, str], ...]:
+    """``[gpus] driver_files``: ``HOST[:CONTAINER]`` absolute paths bound read-only."""
+    out: List[Tuple[str, str]] = []
+    for word in (w for w in re.split(r"[\s,]+", value) if w):
+        host, sep, inside = word.partition(":")
+        inside = inside if sep else host
+        for path in (host, inside):
+            if not path.startswith("/") or ".." in path.split("/") or path.rstrip("/") == "":
+                raise ValueError(f"{word!r}: paths must be absolute, without '..', not /")
+        inside = os.path.normpath(inside)
+        if inside.split("/")[1] in ("proc", "sys", "dev", "run"):
+            raise ValueError(f"{word!r}: the container path may not lie under /proc, /sys, /dev or /run")
+        if any(inside == o for _, o in out):
+            raise ValueError(f"{inside} is given twice")
+        out.append((os.path.normpath(host), inside))
+    return tuple(out)
+
+
+def config_problem(values: Mapping[str, object]) -> str:
+    """A cross-option rule of config.py: ``devices`` needs its device nodes listed."""
+    if values["gpus_method"] == "devices" and not values["gpus_devices"]:
+        return "method = devices needs [gpus] devices (e.g. /dev/nvidia%d)"
+    return ""
+
+
+# ----------------------------------------------------------------------------- the node's GPUs
+def _is_char(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def node_gpus(entries: Sequence[Device]) -> Tuple[Device, ...]:
+    """This node's GPU device nodes by index: the listed ones, or the pattern's from 0 up to
+    the first index without a character device."""
+    if len(entries) == 1 and "%d" in entries[0][0]:
+        host, inside = entries[0]
+        out: List[Device] = []
+        for i in range(MAX_GPUS):
+            path = host.replace("%d", str(i))
+            if not _is_char(path):
+                break
+            out.append((path, inside.replace("%d", str(i))))
+        return tuple(out)
+    return tuple(entries)
+
+
+def check_char_devices(entries: Sequence[Device], key: str) -> None:
+    """Each is a character device on this node, else the node's fault (the driver is missing)."""
+    for host, _ in entries:
+        if not _is_char(host):
+            raise NodeFault(f"GPU device {host} ([gpus] {key}) is missing here or not a character device",
+                            "load the NVIDIA driver on this node (nvidia-smi creates the device nodes), "
+                            f"or correct [gpus] {key}")
+
+
+def driver_binds(files: Sequence[Tuple[str, str]]) -> List[Tuple[str, str, bool]]:
+    """The site's driver files as read-only binds, each (after its links) a file or directory
+    whose every component is root's and writable by no one else: a user who could change
+    one would run code in every GPU job."""
+    out: List[Tuple[str, str, bool]] = []
+    fix = "install the NVIDIA driver's user-space files on this node, or correct [gpus] driver_files"
+    for host, inside in files:
+        real = os.path.realpath(host)
+        path = "/"
+        for part in [""] + [p for p in real.split("/") if p]:
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise NodeFault(f"driver file {host} ([gpus] driver_files) is missing here ({exc.strerror})", fix) from None
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise NodeFault(f"driver file {host} ([gpus] driver_files): {path} is not root's alone "
+                                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})",
+                                "make it root's and writable only by root, or remove it from [gpus] driver_files")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise NodeFault(f"driver file {host} ([gpus] driver_files) is neither a file nor a directory", fix)
+        out.append((real, inside, True))
+    return out
+
+
+# ----------------------------------------------------------------------------- which GPUs the job got here
+def read_gpu_file(path: str, host: str) -> List[int]:
+    """The GPU indices of ``host`` in Torque's gpu file of the job, in the file's order.
+
+    Root reads it; pbs_mom wrote it, yet it is checked like anything else: a regular file of
+    root's that no one else may write, opened without following a link or blocking, every
+    line ``HOST-gpuN`` (also ``HOST-gpu/N``, exec_gpus' own form), no GPU twice. A file that
+    is missing or wrong is the node's fault (pbs_mom's set-up), never the user's."""
+    fix = "check that pbs_mom is built with GPU support (--enable-nvidia-gpus) and the server's nodes file gives this node gpus="
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise NodeFault(f"the job asks for GPUs, but pbs_mom wrote no gpu file ({path})", fix) from None
+    except OSError as exc:
+        raise NodeFault(f"cannot open the job's gpu file {path} ({exc.strerror})", fix) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 or st.st_size > MAX_FILE:
+            raise NodeFault(f"the job's gpu file {path} is not a small regular file of root's that only root "
+                            "may write", "remove it; pbs_mom writes it before the prologue")
+        data = os.read(fd, MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    indices: List[int] = []
+    for n, raw in enumerate(data.decode("ascii", errors="replace").splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        match = _GPU_LINE.fullmatch(line)
+        if not match:
+            raise NodeFault(f"the job's gpu file {path}, line {n}: {line[:80]!r} is not HOST-gpuN", fix)
+        if match.group("host") != host and match.group("host").split(".")[0] != host.split(".")[0]:
+            continue
+        index = int(match.group("index"))
+        if index in indices:
+            raise NodeFault(f"the job's gpu file {path} names GPU {index} of {host} twice", fix)
+        indices.append(index)
+    return indices
+
+
+def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Sequence[str] = DEVICES_ROOTS) -> List[int]:
+    """The indices of this node's GPUs that Torque's devices cgroup lets the job use: the GPU
+    whose device node's major:minor is allowed. No cgroup, or one that allows everything,
+    is the node's fault: the site said Torque restricts jobs to their GPUs here."""
+    fix = "run pbs_mom with cgroups (--enable-cgroups) on this node, or choose another [gpus] sister"
+    if "/" in jobid or jobid in ("", ".", ".."):
+        raise NodeFault(f"job id {jobid!r} cannot name a cgroup", fix)
+    text: Optional[str] = None
+    for root in roots:
+        try:
+            fd = os.open(os.path.join(root, jobid, "devices.list"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            text = os.read(fd, MAX_FILE).decode("ascii", errors="replace")
+        finally:
+            os.close(fd)
+        break
+    if text is None:
+        raise NodeFault(f"Torque's devices cgroup of job {jobid} is not there ({', '.join(roots)})", fix)
+    allowed = set()
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 2:
+            continue
+        if words[0] == "a" or words[1].startswith("*") or words[1].endswith("*"):
+            if words[0] in ("a", "c"):
+                raise NodeFault(f"Torque's devices cgroup of job {jobid} allows every device ({line.strip()}): "
+                                "it does not say which GPUs the job has", fix)
+            continue
+        if words[0] == "c" and re.fullmatch(r"[0-9]+:[0-9]+", words[1]):
+            allowed.add(words[1])
+    out = []
+    for index, (host, _) in enumerate(gpus_here):
+        try:
+            rdev = os.stat(host).st_rdev
+        except OSError:
+            continue
+        if f"{os.major(rdev)}:{os.minor(rdev)}" in allowed:
+            out.append(index)
+    return out
+
+
+# ----------------------------------------------------------------------------- into containers
+@dataclass(frozen=True)
+class Share:
+    """What one container gets: device nodes, the NVIDIA runtime's GPU indices, variables."""
+
+    devices: Tuple[Device, ...] = ()
+    device_ids: Tuple[str, ...] = ()
+    env: Dict[str, str] = field(default_factory=dict)
+    indices: Tuple[int, ...] = ()       # host indices, for messages
+
+
+NO_GPUS = Share(env={"NVIDIA_VISIBLE_DEVICES": "void"})
+
+
+def split(indices: Sequence[int], containers: int) -> List[Tuple[int, ...]]:
+    """The node's GPUs among its containers in slot order, as even as possible: with k GPUs
+    and p containers, k >= p gives each a contiguous run of k//p or k//p+1; k < p gives
+    each one GPU, consecutive containers sharing it (ranks 0-1 on GPU a, 2-3 on b, ...)."""
+    k = len(indices)
+    if not k or containers < 1:
+        return [() for _ in range(max(containers, 0))]
+    if k >= containers:
+        return [tuple(indices[i * k // containers:(i + 1) * k // containers]) for i in range(containers)]
+    return [(indices[i * k // containers],) for i in range(containers)]
+
+
+def shares(method: str, gpus_here: Sequence[Device], shared: Sequence[Device], indices: Sequence[int],
+           containers: int) -> List[Share]:
+    """One Share per container of this node (slot order)."""
+    if not indices:
+        return [NO_GPUS] * containers
+    out = []
+    for part in split(indices, containers):
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(part)))}
+        if method == "nvidia-runtime":
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i in part)
+            out.append(Share(device_ids=tuple(str(i) for i in part), env=env, indices=part))
+        else:
+            env["NVIDIA_VISIBLE_DEVICES"] = "void"
+            out.append(Share(devices=tuple(gpus_here[i] for i in part) + tuple(shared), env=env, indices=part))
+    return out
+
+
+def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int, jobid: str,
+             gpu_file: str, containers: int) -> List[Share]:
+    """The shares of this node's containers for a job: NO_GPUS for each when the job asks for
+    no GPU here. Raises PolicyError when the site cannot honour the request (the user's),
+    NodeFault when this node does not have what the site says it has."""
+    spec = resources.get("nodes", "")
+    refuse_requested(resources, cfg.gpus_method, cfg.gpus_sister)
+    wanted = per_node(spec)
+    here = wanted[node_index] if node_index < len(wanted) else 0
+    if not here:
+        return [NO_GPUS] * containers
+    gpus_here = node_gpus(cfg.gpus_devices)
+    node = cfg.node_name()
+    if is_ms:
+        indices = read_gpu_file(gpu_file, node)
+    elif cfg.gpus_sister == "whole-node":
+        if here != len(gpus_here):
+            raise PolicyError(f"the job asks for {here} GPU(s) on node {node}, which has {len(gpus_here)}: "
+                              "on a node other than its first, this site gives GPUs only to a job that asks "
+                              "for all of them ([gpus] sister = whole-node)",
+                              f"ask for gpus={len(gpus_here)} on every node but the first, or for GPUs on one node")
+        indices = list(range(len(gpus_here)))
+    else:   # cgroup (refuse never gets here: refuse_requested)
+        indices = read_cgroup(jobid, gpus_here)
+    if len(indices) != here:
+        source = "the gpu file pbs_mom wrote" if is_ms else "Torque's devices cgroup"
+        raise NodeFault(f"the job asks for {here} GPU(s) on {node}, and {source} gives it {len(indices)}",
+                        "check that pbs_mom is built with GPU support (and cgroups, for [gpus] sister = cgroup) "
+                        "and that the server's nodes file gives this node its gpus=")
+    beyond = [i for i in indices if i >= len(gpus_here)]
+    if beyond:
+        raise NodeFault(f"Torque gave the job GPU {beyond[0]} of {node}, which has GPU device nodes for "
+                        f"{len(gpus_here)} ([gpus] devices)",
+                        "load the NVIDIA driver on this node, or correct [gpus] devices or the server's gpus= for it")
+    if cfg.gpus_method == "devices":
+        check_char_devices([gpus_here[i] for i in indices], "devices")
+        check_char_devices(cfg.gpus_shared_devices, "shared_devices")
+    return shares(cfg.gpus_method, gpus_here, cfg.gpus_shared_devices, indices, containers)
+
+
+def share_of(per: Sequence[Share], position: int) -> Share:
+    """The share of the container at ``position`` in the node's plan (none when not planned)."""
+    return per[position] if position < len(per) else NO_GPUS
+
+
+def binds_for(cfg, per: Sequence[Share]) -> List[Tuple[str, str, bool]]:
+    """The driver files to bind when a container of this node gets GPU device nodes."""
+    if cfg.gpus_method != "devices" or not any(share.indices for share in per):
+        return []
+    return driver_binds(cfg.gpus_driver_files)
+
+
+def env_file_text(aliases: Sequence[str], per: Sequence[Share]) -> str:
+    """``gpus.env``: the GPU variables of each container by its alias (the session reads the
+    container's host name into TORQUE_DOCKER_ALIAS before sourcing it)."""
+    lines = ["# torque-docker: the GPU variables of each container of this node (written by the prologue)",
+             'case "$TORQUE_DOCKER_ALIAS" in']
+    for alias, share in zip(aliases, per):
+        sets = "; ".join(f"{k}={shlex.quote(v)}; export {k}" for k, v in sorted(share.env.items()))
+        unsets = " ".join(k for k in GPU_VARS if k not in share.env)
+        lines.append(f"    {shlex.quote(alias)}) {sets}{'; unset ' + unsets if unsets else ''} ;;")
+    lines.append("esac")
+    return "\n".join(lines) + "\n"
+
+
+def describe(cfg) -> str:
+    """What ``torque-docker check`` says about GPUs on this node."""
+    method = cfg.gpus_method
+    if method == "none":
+        return "GPUs: method none (GPU jobs are refused)"
+    found = node_gpus(cfg.gpus_devices)
+    text = (f"GPUs: method {method}, sisters: {cfg.gpus_sister}; {len(found)} GPU(s): "
+            + (" ".join(h for h, _ in found[:16]) or "none"))
+    if method == "devices":
+        text += "; shared: " + (" ".join(h for h, _ in cfg.gpus_shared_devices) or "none")
+        text += "; driver files: " + (" ".join(h for h, _ in cfg.gpus_driver_files) or "none")
+    return text
+
+
+def check_node(cfg) -> None:
+    """Raise NodeFault when the node lacks what ``[gpus]`` says it has (for ``check``)."""
+    if cfg.gpus_method == "none":
+        return
+    if not node_gpus(cfg.gpus_devices):
+        raise NodeFault(f"[gpus] method = {cfg.gpus_method}, but no GPU device node of [gpus] devices is here",
+                        "load the NVIDIA driver on this node, or correct [gpus] devices")
+    if cfg.gpus_method == "devices":
+        check_char_devices(cfg.gpus_shared_devices, "shared_devices")
+        driver_binds(cfg.gpus_driver_files)
+    if cfg.gpus_method == "nvidia-runtime" and not any(
+            os.access(os.path.join(d, HOOK), os.X_OK) for d in HOOK_DIRS):
+        raise NodeFault(f"[gpus] method = nvidia-runtime, but {HOOK} is not installed here (dockerd offers "
+                        "the 'nvidia' device driver only with it)",
+                        "install the NVIDIA Container Toolkit on this node, or set [gpus] method = devices")

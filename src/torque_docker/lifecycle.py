@@ -23,6 +23,7 @@ from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resour
 from .config import Config, resolve_address
 from .errors import (ConfigError, ContainerFault, ImageBusy, ImageError, NodeFault, PolicyError, RequestError,
                      TorqueDockerError, no_sshd, sshd_exited)
+from .gpus import Share
 from .identity import UserInfo, container_ids_problem, lookup, reachable_dirs
 from .jobcontext import JobContext, Timer
 from .log import Log
@@ -56,7 +57,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
     extra_mounts = policy.check_mounts(request.mounts, cfg)
     ulimits = policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
-    gpus.refuse_requested(parse_resource_list(ctx.resource_list))
+    gpus.refuse_requested(parse_resource_list(ctx.resource_list), cfg.gpus_method, cfg.gpus_sister)
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     identity = keys.JobIdentity.of(ctx)          # job ids repeat: bind the keys to who runs it
@@ -91,6 +92,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         num_nodes = ctx.size.num_nodes or 1
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
     passed = devices.resolve(cfg.devices_paths)     # the node's fault when the site's devices are missing
+    gpu_shares = gpus.for_node(cfg, requested, is_ms=ctx.is_ms, node_index=ctx.node_index, jobid=ctx.jobid,
+                               gpu_file=str(ctx.pbs_home / "aux" / f"{ctx.jobid}gpu"), containers=len(local.containers))
     timer.step("plan")
 
     state = NodeState(cfg.paths_state_dir)
@@ -120,14 +123,16 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
                            ms=ctx.is_ms, image=reference, started=time.time())
         state.save_job(record)
         prepare_job_dir(state, ctx.jobid, user, secrets_, cfg)
-        staged = stage_binds(state, ctx.jobid, binds)
+        staged = stage_binds(state, ctx.jobid, binds) + gpus.binds_for(cfg, gpu_shares)
+        write_file(state.ctr_dir(ctx.jobid) / gpus.ENV_FILE,
+                   gpus.env_file_text([c.alias for c in local.containers], gpu_shares), 0o644)
         timer.step("files")
         cores = resources.torque_cpuset(ctx.jobid)
         if cores is None and slots_here:
             cores = state.allocate_cores(ctx.jobid, slots_here, resources.node_cpus())
         limits = ContainerLimits(cores=tuple(cores or ()), mem_limit=mem_limit, model=model,
                                  cgroup_parent=cgroup_parent(cfg, ctx.jobid), tmpfs=tmpfs,
-                                 ulimits=ulimits, devices=passed)
+                                 ulimits=ulimits, devices=passed, gpus=tuple(gpu_shares))
         started = start_containers(job, local, staged, limits)
         setup.containers = started
         record = replace(record, containers=tuple(started))
@@ -143,7 +148,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
                            alias=started[0].alias, path=runtime.image_path(reference),
                            usage_table=model == "process" or cfg.log_verbose, image=reference, model=model,
                            local_aliases=[c.alias for c in started],
-                           node_aliases=[n.containers[0].alias for n in nodes])
+                           node_aliases=[n.containers[0].alias for n in nodes],
+                           gpu_env={c.alias: share.env for c, share in zip(local.containers, gpu_shares)})
         where = (f"{len(nodes)} node(s) x {len(local.containers)} container(s)" if ctx.is_ms
                  else f"{len(started)} container(s)")
         setup.summary = (f"torque-docker: job {ctx.jobid}: image {shown} ({image_id[:19]}), model {model}, run {run}, "
@@ -196,7 +202,8 @@ def run_mode(request: JobRequest, cfg: Config, pbs_home: Path) -> str:
 
 def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config, run: str, alias: str,
                        path: str = "", refusal: str = "", usage_table: bool = False, image: str = "",
-                       model: str = "node", local_aliases: Sequence[str] = (), node_aliases: Sequence[str] = ()) -> None:
+                       model: str = "node", local_aliases: Sequence[str] = (), node_aliases: Sequence[str] = (),
+                       gpu_env: Optional[Dict[str, Dict[str, str]]] = None) -> None:
     """What the job starter (running as the user) needs on this node (records.StarterInfo):
     where and how to run the script and the TM tasks, or why the job was refused. Root's, in
     the root-owned job directory, readable by the job's group: the user can read it but
@@ -206,6 +213,8 @@ def write_starter_file(state: NodeState, jobid: str, user: UserInfo, cfg: Config
         ssh_config=str(host_ssh_config(cfg, jobid)), env_deny=tuple(cfg.env_deny), env_pass=tuple(cfg.env_pass),
         path=path, refusal=refusal, usage_table=usage_table, image=image, model=model,
         local_aliases=tuple(local_aliases), node_aliases=tuple(node_aliases),
+        gpu_env=tuple(f"{alias} {name}={value}" for alias, env in sorted((gpu_env or {}).items())
+                      for name, value in sorted(env.items())),
         # Open MPI may use its single-copy path (CMA) only where the containers' profile allows it.
         cma=bool(run != "refused" and cfg.docker_seccomp_profile and seccomp.cma_works(seccomp.profile_text(cfg))))
     write_file(state.job_dir(jobid) / STARTER_RECORD, info.to_json(), 0o640, uid=0, gid=user.gid)
@@ -510,6 +519,7 @@ class ContainerLimits:
     tmpfs: Tuple[Tuple[str, str], ...] = ()   # (path, size): /tmp and the image's VOLUMEs
     ulimits: Tuple[Tuple[str, int, int], ...] = ()   # (name, soft, hard): policy.container_ulimits
     devices: Tuple[Tuple[str, str], ...] = ()        # (host, container) device nodes: devices.resolve
+    gpus: Tuple[Share, ...] = ()                     # per container of the node, in plan order: gpus.for_node
 
     def cpuset(self, slot: int) -> Optional[str]:
         if not self.cores:
@@ -550,6 +560,7 @@ def start_containers(job: JobContext, local: plan.NodePlan, binds: Sequence[Tupl
 
     def one(container: plan.ContainerPlan) -> StartedContainer:
         tried: List[int] = []
+        share = gpus.share_of(limits.gpus, local.containers.index(container))
         ctoken = probe.container_token(job.secrets.token, job.node_index, container.slot)
         while True:
             port = state.reserve_port(job.jobid, address, container.candidates, skip=tried)
@@ -568,7 +579,7 @@ def start_containers(job: JobContext, local: plan.NodePlan, binds: Sequence[Tupl
                 ipc_mode=ipc_mode(container),
                 cgroup_parent=limits.cgroup_parent,
                 pids_limit=cfg.jobs_pids_limit or None, ulimits=limits.ulimits, tmpfs=limits.tmpfs,
-                devices=limits.devices,
+                devices=limits.devices + share.devices, env=tuple(sorted(share.env.items())), gpu_ids=share.device_ids,
                 read_only=cfg.jobs_read_only_root,
                 seccomp=seccomp.profile_text(cfg),
             )

@@ -131,6 +131,17 @@ class StarterInfo:
     local_aliases: Tuple[str, ...] = ()
     node_aliases: Tuple[str, ...] = ()
     cma: bool = False                # Open MPI may use its single-copy path (the containers' seccomp allows it)
+    gpu_env: Tuple[str, ...] = ()    # "ALIAS NAME=VALUE": each container's GPU variables (gpus.py)
+
+    def gpu_vars(self, alias: str) -> Dict[str, str]:
+        """The GPU variables of the container ``alias`` (none when it has no entry)."""
+        out: Dict[str, str] = {}
+        for entry in self.gpu_env:
+            who, _, assignment = entry.partition(" ")
+            name, sep, value = assignment.partition("=")
+            if who == alias and sep and name:
+                out[name] = value
+        return out
 
     def to_json(self) -> str:
         return json.dumps(_to_mapping(self), indent=1)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
 from docker.types import Ulimit
 
@@ -66,6 +67,8 @@ class ContainerSpec:
     read_only: bool = False                            # the image's file system
     seccomp: str = ""                       # a profile's text (Docker takes the text, not a path); "": Docker's default
     devices: Tuple[Tuple[str, str], ...] = ()          # (host node, container path): [devices] paths
+    env: Tuple[Tuple[str, str], ...] = ()              # the container's own variables (gpus.py: the GPU ones)
+    gpu_ids: Tuple[str, ...] = ()                      # GPUs by index through the NVIDIA runtime (docker --gpus)
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,11 @@ class Runtime:
             kwargs["read_only"] = True
         if spec.devices:
             kwargs["devices"] = [f"{host}:{inside}:rwm" for host, inside in spec.devices]
+        if spec.env:
+            kwargs["environment"] = [f"{name}={value}" for name, value in spec.env]
+        if spec.gpu_ids:
+            kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids),
+                                                       capabilities=[["gpu"]])]
         try:
             return self.client.containers.run(**kwargs).id
         except ImageNotFound:
@@ -339,6 +347,11 @@ class Runtime:
                                 f"({limits.show(spec.ulimits)}): {text}",
                                 "let dockerd raise them (docker.service: LimitMEMLOCK=infinity, LimitNOFILE=..., "
                                 "and CAP_SYS_RESOURCE), or lower [limits] ulimits / user_max") from None
+            if "could not select device driver" in text:
+                # [gpus] method = nvidia-runtime on a node whose Docker has no NVIDIA runtime
+                raise NodeFault(f"Docker could not give container {spec.name} its GPUs {','.join(spec.gpu_ids)}: {text}",
+                                "install the NVIDIA Container Toolkit on this node (nvidia-ctk runtime configure "
+                                "--runtime=docker, then restart dockerd), or set [gpus] method = devices") from None
             if node_trouble(text, [src for src, _, _ in spec.binds]):
                 raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
             # Docker refused THIS container (its settings, the image's file system against

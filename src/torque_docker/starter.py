@@ -76,7 +76,10 @@ def launcher_env(record: StarterInfo) -> Dict[str, str]:
 #: Per-process or per-login variables that the job's environment file must not carry to
 #: other containers: sshd and the session set their own, a task has its own numbers.
 NOT_SHARED = ("PBS_TASKNUM", "PBS_VNODENUM", "PBS_NODENUM", "TORQUE_DOCKER_ALIAS", "SHELL", "HOME", "USER",
-              "LOGNAME", "PWD", "OLDPWD", "SHLVL", "_", "IFS", "TERM")
+              "LOGNAME", "PWD", "OLDPWD", "SHLVL", "_", "IFS", "TERM", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+#: The GPU variables: each container's own (the prologue's record, gpus.py), never the host's
+#: (mom numbers the job's GPUs as the host does; a container sees only its own, from 0).
+GPU_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 NOT_SHARED_PREFIXES = ("SSH_", "_td_")    # sshd's own (SSH_ORIGINAL_COMMAND...), the session's
 
 #: Shells that take ``-l`` for a login shell (an interactive job's shell in a container).
@@ -321,6 +324,9 @@ def container_env(info: StarterInfo, environ: Mapping[str, str], alias: Optional
     env["OMPI_MCA_orte_default_hostfile"] = env["PBS_NODEFILE"]
     env["TORQUE_DOCKER_SSH_CONFIG"] = f"{CTR_DIR}/ssh_config"           # the job's SSH config, inside
     env["TORQUE_DOCKER_ALIAS"] = alias or info.alias
+    for name in GPU_VARS:
+        env.pop(name, None)
+    env.update({k: v for k, v in info.gpu_vars(env["TORQUE_DOCKER_ALIAS"]).items() if k in GPU_VARS})
     env.pop("HYDRA_ENV", None)        # run=host's setting for the host's mpiexec only
     env.setdefault("HOME", environ.get("HOME", "/"))
     return env

@@ -182,7 +182,8 @@ def check(verdict: Verdict, cfg, cwd: str) -> None:
                                "submit from a directory you can read")
     model = request.model or cfg.jobs_default_model
     asked = verdict.resources
-    gpus.refuse_requested(asked)
+    if site:      # without the site's config the nodes' [gpus] decides, in the prologue
+        gpus.refuse_requested(asked, cfg.gpus_method, cfg.gpus_sister)
     if asked.get("mem") or asked.get("pmem"):
         per_node = _slots_per_node(asked, parse_nodes_spec)
         for slots in per_node:          # refuses a limit Docker would not take, as the prologues do

@@ -476,9 +476,24 @@ def test_a_ulimit_within_the_sites_bound_passes_qsub(site):
     assert rc == 0, err
 
 
-def test_a_gpu_request_is_refused_at_qsub(site):
+def test_a_gpu_request_is_refused_at_qsub_where_the_site_gives_none(site):
     lines = refused(site, ["-l", "nodes=1:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
-    assert "asks for 1 GPU(s)" in lines[0] and "cannot give containers GPUs yet" in lines[0]
+    assert "asks for 1 GPU(s)" in lines[0] and "gives containers no GPUs ([gpus] method = none)" in lines[0]
+
+
+def test_a_gpu_request_passes_qsub_where_the_site_gives_gpus(site):
+    site.config.write_text(site.config.read_text() + "[gpus]\nmethod = devices\n")
+    rc, out, err = site.run(["-l", "nodes=1:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
+    assert rc == 0, err
+
+
+def test_gpus_on_a_second_node_are_refused_at_qsub_where_sisters_refuse_them(site):
+    site.config.write_text(site.config.read_text() + "[gpus]\nmethod = devices\nsister = refuse\n")
+    lines = refused(site, ["-l", "nodes=2:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
+    assert "GPUs on more than its first node" in lines[0] and "[gpus] sister = refuse" in lines[0]
+    site.config.write_text(site.config.read_text().replace("sister = refuse", "sister = whole-node"))
+    rc, out, err = site.run(["-l", "nodes=2:ppn=1:gpus=1", "-l", "other=image=debian:12"], b"echo\n")
+    assert rc == 0, err
 
 
 @pytest.mark.parametrize("spelled", ['other=ima\\ge=base:1', 'other="ima"ge=base:1', "other=im'a'ge=base:1",
