@@ -242,11 +242,12 @@ def read_gpu_file(path: str, host: str) -> List[int]:
     return indices
 
 
-def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Sequence[str] = DEVICES_ROOTS) -> List[int]:
+def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequence[str]] = None) -> List[int]:
     """The indices of this node's GPUs that Torque's devices cgroup lets the job use: the GPU
     whose device node's major:minor is allowed. No cgroup, or one that allows everything,
     is the node's fault: the site said Torque restricts jobs to their GPUs here."""
     fix = "run pbs_mom with cgroups (--enable-cgroups) on this node, or choose another [gpus] sister"
+    roots = DEVICES_ROOTS if roots is None else roots
     if "/" in jobid or jobid in ("", ".", ".."):
         raise NodeFault(f"job id {jobid!r} cannot name a cgroup", fix)
     text: Optional[str] = None
@@ -352,6 +353,7 @@ def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int,
         indices = list(range(len(gpus_here)))
     else:   # cgroup (refuse never gets here: refuse_requested)
         indices = read_cgroup(jobid, gpus_here)
+    indices = sorted(indices)           # host order: CUDA numbers a container's GPUs so
     if len(indices) != here:
         source = "the gpu file pbs_mom wrote" if is_ms else "Torque's devices cgroup"
         raise NodeFault(f"the job asks for {here} GPU(s) on {node}, and {source} gives it {len(indices)}",

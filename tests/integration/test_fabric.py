@@ -143,17 +143,3 @@ def test_torques_tmpdir_for_the_job_is_the_same_path_inside(make_site, docker_cl
     assert not expected.exists()                # mom removed it with the job
     assert site.leftovers(docker_client, job.jobid) == []
 
-
-def test_a_gpu_job_is_refused_not_run_without_its_gpus(make_site, docker_client):
-    """Containers do not get GPUs yet: a job with gpus= is aborted with the reason (the
-    user's error: every node would give the same answer), on the MS and a sister alike."""
-    site = make_site(nodes=2)
-    job = site.job(SCRIPT, [("tdnode0", 1), ("tdnode1", 1)], other=f"image={OPENMPI_IMAGE}")
-    job.nodes_spec = "tdnode0:ppn=1:gpus=1+tdnode1:ppn=1:gpus=1"
-    result = site.cluster.run(job)
-    assert [r.rc for r in result.runs("prologue.parallel")] == [0]      # the sister is not marked down
-    # with the job starter the prologue leaves the refusal to it (exit 0), without it exits 1
-    assert result.runs("prologue")[0].rc in (0, 1) and result.exit_status == 1
-    assert "asks for 2 GPU(s)" in result.stderr and "cannot give containers GPUs yet" in result.stderr, result.stderr
-    assert "IB " not in result.stdout
-    assert site.leftovers(docker_client, job.jobid) == []

@@ -1,0 +1,312 @@
+"""[gpus]: which GPUs a job got on a node (Torque's gpu file, a sister's choice), how they
+are split among containers, what a container is started with, and every refusal."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torque_docker import config, gpus
+from torque_docker.errors import ConfigError, NodeFault, PolicyError
+from torque_docker.runtime import ContainerSpec, Runtime
+
+
+# ----------------------------------------------------------------------------- the request
+def test_gpus_per_node_follow_the_request_in_node_order():
+    assert gpus.per_node("2:ppn=4:gpus=2") == [2, 2]
+    assert gpus.per_node("n1:ppn=2:gpus=1+n2:ppn=2") == [1, 0]
+    assert gpus.per_node("3") == [0, 0, 0]
+    assert gpus.requested("2:ppn=4:gpus=2+n9:gpus=3") == 7
+
+
+def test_the_site_without_gpus_refuses_a_gpu_job_as_the_users():
+    with pytest.raises(PolicyError) as info:
+        gpus.refuse_requested({"nodes": "1:ppn=1:gpus=1"})
+    assert "[gpus] method = none" in info.value.message and info.value.user_error and not info.value.node_fault
+    gpus.refuse_requested({"nodes": "1:ppn=1"})                                  # no GPUs: nothing to refuse
+    gpus.refuse_requested({"nodes": "1:ppn=1:gpus=2"}, "devices", "refuse")     # the first node only: fine
+
+
+def test_gpus_on_a_sister_are_refused_only_where_sisters_refuse():
+    with pytest.raises(PolicyError, match=r"more than its first node.*sister = refuse"):
+        gpus.refuse_requested({"nodes": "2:ppn=1:gpus=1"}, "devices", "refuse")
+    with pytest.raises(PolicyError):
+        gpus.refuse_requested({"nodes": "n1+n2:gpus=1"}, "nvidia-runtime", "refuse")
+    for sister in ("whole-node", "cgroup"):
+        gpus.refuse_requested({"nodes": "2:ppn=1:gpus=1"}, "devices", sister)
+
+
+# ----------------------------------------------------------------------------- the config
+def test_devices_are_a_pattern_or_a_list():
+    assert gpus.parse_devices("/dev/nvidia%d") == (("/dev/nvidia%d", "/dev/nvidia%d"),)
+    assert gpus.parse_devices("/srv/g%d:/dev/nvidia%d") == (("/srv/g%d", "/dev/nvidia%d"),)
+    assert gpus.parse_devices("/dev/nvidia2 /dev/nvidia0") == (("/dev/nvidia2", "/dev/nvidia2"),
+                                                              ("/dev/nvidia0", "/dev/nvidia0"))
+    for bad, words in (("/dev/nvidia%d /dev/nvidia0", "not both"), ("/dev/nvidia%d:/dev/nvidia0", "once on each side"),
+                       ("/dev/n%d%s", "no other %"), ("/dev/nvidia0 /srv/x:/dev/nvidia0", "given twice"),
+                       ("/dev/nvidia%d:/opt/g%d", "under /dev"), ("dev/nvidia%d", "absolute")):
+        with pytest.raises(ValueError, match=words):
+            gpus.parse_devices(bad)
+
+
+def test_driver_files_stay_out_of_the_containers_special_trees():
+    assert gpus.parse_files("/usr/bin/nvidia-smi /opt/nv/lib:/usr/local/nvidia/lib") == (
+        ("/usr/bin/nvidia-smi", "/usr/bin/nvidia-smi"), ("/opt/nv/lib", "/usr/local/nvidia/lib"))
+    for bad in ("lib/x", "/usr/lib/../etc/shadow", "/x:/dev/x", "/x:/run/torque-docker/id", "/x:/proc/1", "/:/x",
+                "/a:/x /b:/x"):
+        with pytest.raises(ValueError):
+            gpus.parse_files(bad)
+
+
+def test_config_rejects_unknown_keys_and_a_devices_method_without_devices():
+    with pytest.raises(ConfigError, match="unknown key 'count' in \\[gpus\\]"):
+        config.parse_text("[gpus]\ncount = 4\n", "/etc/td.conf")
+    with pytest.raises(ConfigError, match="method = devices needs \\[gpus\\] devices"):
+        config.parse_text("[gpus]\nmethod = devices\ndevices =\n", "/etc/td.conf")
+    assert config.defaults().gpus_method == "none"
+
+
+# ----------------------------------------------------------------------------- stand-in GPUs
+def fake(root: Path, count: int = 4) -> Path:
+    dev = root / "dev"
+    dev.mkdir()
+    for i, minor in zip(range(count), (3, 5, 7, 8)):
+        os.mknod(dev / f"nvidia{i}", 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    os.mknod(dev / "nvidiactl", 0o666 | stat.S_IFCHR, os.makedev(1, 9))
+    return dev
+
+
+def cfg_for(dev: Path, method: str = "devices", sister: str = "refuse") -> config.Config:
+    return config.parse_text(f"[network]\nnode_name = n1\n[gpus]\nmethod = {method}\n"
+                             f"devices = {dev}/nvidia%d:/dev/nvidia%d\nshared_devices = {dev}/nvidiactl:/dev/nvidiactl\n"
+                             f"sister = {sister}\n")
+
+
+def test_a_pattern_counts_the_gpus_from_0_to_the_first_missing(tmp_path):
+    dev = fake(tmp_path, 3)
+    (dev / "nvidia4").write_text("not a device")
+    found = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
+    assert found == tuple((f"{dev}/nvidia{i}", f"/dev/nvidia{i}") for i in range(3))
+
+
+# ----------------------------------------------------------------------------- the MS's gpu file
+def gpu_file(path: Path, text: str, mode: int = 0o644) -> str:
+    path.write_text(text)
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_the_gpu_file_gives_this_nodes_gpus_only(tmp_path):
+    path = gpu_file(tmp_path / "1.srvgpu", "n1-gpu3\nn10-gpu0\nn1-gpu/1\n\nnode-n1-gpu2\n")
+    assert gpus.read_gpu_file(path, "n1") == [3, 1]
+    assert gpus.read_gpu_file(path, "n1.cluster.example") == [3, 1]      # the short name is Torque's
+
+
+@pytest.mark.parametrize("text,words", [
+    ("n1-gpu0\nrm -rf /\n", "line 2"),
+    ("n1-gpu0\nn1-gpu0\n", "GPU 0 of n1 twice"),
+    ("n1-gpu99999\n", "line 1"),
+    ("n1-gpu-1\n", "line 1"),
+])
+def test_a_malformed_gpu_file_is_the_nodes_fault(tmp_path, text, words):
+    with pytest.raises(NodeFault, match=words) as info:
+        gpus.read_gpu_file(gpu_file(tmp_path / "g", text), "n1")
+    assert not info.value.user_error
+
+
+def test_the_gpu_file_is_read_without_following_links_and_only_when_roots_alone(tmp_path):
+    real = gpu_file(tmp_path / "real", "n1-gpu0\n")
+    os.symlink(real, tmp_path / "link")
+    with pytest.raises(NodeFault, match="cannot open"):
+        gpus.read_gpu_file(str(tmp_path / "link"), "n1")
+    with pytest.raises(NodeFault, match="only root"):
+        gpus.read_gpu_file(gpu_file(tmp_path / "w", "n1-gpu0\n", 0o666), "n1")
+    os.chown(real, 65534, 65534)
+    with pytest.raises(NodeFault, match="only root"):
+        gpus.read_gpu_file(real, "n1")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(NodeFault):                     # opened without blocking, then refused
+        gpus.read_gpu_file(str(tmp_path / "fifo"), "n1")
+    with pytest.raises(NodeFault, match="wrote no gpu file"):
+        gpus.read_gpu_file(str(tmp_path / "none"), "n1")
+
+
+# ----------------------------------------------------------------------------- a sister's cgroup
+def test_the_devices_cgroup_names_the_jobs_gpus_by_major_minor(tmp_path):
+    dev = fake(tmp_path)
+    here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
+    job = tmp_path / "cg" / "7.srv"
+    job.mkdir(parents=True)
+    (job / "devices.list").write_text("c 1:3 rwm\nc 1:8 rwm\nc 195:255 rwm\nb 8:0 r\n")
+    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 3]
+    (job / "devices.list").write_text("a *:* rwm\n")
+    with pytest.raises(NodeFault, match="allows every device"):
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")])
+    with pytest.raises(NodeFault, match="not there") as info:
+        gpus.read_cgroup("8.srv", here, [str(tmp_path / "cg")])
+    assert "--enable-cgroups" in info.value.fix
+    with pytest.raises(NodeFault):
+        gpus.read_cgroup("../7.srv", here, [str(tmp_path / "cg")])
+
+
+# ----------------------------------------------------------------------------- shares
+def test_gpus_are_split_among_containers_in_slot_order_as_evenly_as_possible():
+    assert gpus.split([0, 1, 2, 3], 2) == [(0, 1), (2, 3)]
+    assert gpus.split([0, 1, 2], 2) == [(0,), (1, 2)]
+    assert gpus.split([4, 5], 1) == [(4, 5)]
+    assert gpus.split([0, 1], 3) == [(0,), (0,), (1,)]        # fewer GPUs: shared, each container one
+    assert gpus.split([0, 1, 2, 3], 4) == [(0,), (1,), (2,), (3,)]
+    assert gpus.split([], 2) == [(), ()]
+
+
+def test_shares_by_method():
+    here = tuple((f"/h/nvidia{i}", f"/dev/nvidia{i}") for i in range(4))
+    shared = (("/h/ctl", "/dev/nvidiactl"),)
+    one, two = gpus.shares("devices", here, shared, [1, 2, 3], 2)
+    assert one.devices == (here[1], shared[0]) and one.device_ids == ()
+    assert two.devices == (here[2], here[3], shared[0])
+    assert two.env == {"CUDA_VISIBLE_DEVICES": "0,1", "NVIDIA_VISIBLE_DEVICES": "void"}
+    (runtime,) = gpus.shares("nvidia-runtime", here, shared, [2, 3], 1)
+    assert runtime.devices == () and runtime.device_ids == ("2", "3")
+    assert runtime.env == {"CUDA_VISIBLE_DEVICES": "0,1", "NVIDIA_VISIBLE_DEVICES": "2,3"}
+    assert gpus.shares("devices", here, shared, [], 2) == [gpus.NO_GPUS, gpus.NO_GPUS]
+    assert gpus.NO_GPUS.env == {"NVIDIA_VISIBLE_DEVICES": "void"} and not gpus.NO_GPUS.devices
+
+
+def for_node(cfg, nodes: str, tmp_path: Path, *, ms: bool = True, index: int = 0, text: str = "", containers: int = 1):
+    path = tmp_path / "aux" / "9.srvgpu"
+    path.parent.mkdir(exist_ok=True)
+    if text:
+        gpu_file(path, text)
+    return gpus.for_node(cfg, {"nodes": nodes}, is_ms=ms, node_index=index, jobid="9.srv", gpu_file=str(path),
+                         containers=containers)
+
+
+def test_the_ms_gives_the_gpus_torque_chose_in_host_order(tmp_path):
+    cfg = cfg_for(fake(tmp_path))
+    got = for_node(cfg, "n1:ppn=2:gpus=2", tmp_path, text="n1-gpu3\nn1-gpu1\nn2-gpu0\n", containers=2)
+    assert [s.indices for s in got] == [(1,), (3,)]
+    assert got[0].devices == ((f"{tmp_path}/dev/nvidia1", "/dev/nvidia1"), (f"{tmp_path}/dev/nvidiactl", "/dev/nvidiactl"))
+    assert for_node(cfg, "n1:ppn=2", tmp_path, containers=2) == [gpus.NO_GPUS, gpus.NO_GPUS]
+
+
+def test_the_ms_refuses_what_its_node_cannot_have(tmp_path):
+    cfg = cfg_for(fake(tmp_path, 2))
+    with pytest.raises(NodeFault, match="GPU 3 of n1, which has GPU device nodes for 2"):
+        for_node(cfg, "n1:gpus=1", tmp_path, text="n1-gpu3\n")
+    with pytest.raises(NodeFault, match="asks for 2 GPU\\(s\\) on n1, and the gpu file pbs_mom wrote gives it 1"):
+        for_node(cfg, "n1:gpus=2", tmp_path, text="n1-gpu0\n")
+    (tmp_path / "dev" / "nvidiactl").unlink()
+    with pytest.raises(NodeFault, match="nvidiactl \\(\\[gpus\\] shared_devices\\) is missing here"):
+        for_node(cfg, "n1:gpus=1", tmp_path, text="n1-gpu0\n")
+
+
+def test_a_sister_with_whole_node_takes_all_or_refuses(tmp_path):
+    cfg = cfg_for(fake(tmp_path, 2), sister="whole-node")
+    got = for_node(cfg, "2:ppn=1:gpus=2", tmp_path, ms=False, index=1)
+    assert [s.indices for s in got] == [(0, 1)]
+    with pytest.raises(PolicyError, match="asks for 1 GPU\\(s\\) on node n1, which has 2") as info:
+        for_node(cfg, "2:ppn=1:gpus=1", tmp_path, ms=False, index=1)
+    assert "gpus=2" in info.value.fix
+    assert for_node(cfg, "n0:gpus=2+n1", tmp_path, ms=False, index=1) == [gpus.NO_GPUS]   # none asked here
+
+
+def test_a_sister_with_cgroup_reads_torques_cgroup(tmp_path, monkeypatch):
+    cfg = cfg_for(fake(tmp_path), sister="cgroup")
+    job = tmp_path / "cg" / "9.srv"
+    job.mkdir(parents=True)
+    (job / "devices.list").write_text("c 1:5 rwm\nc 1:7 rwm\n")
+    monkeypatch.setattr(gpus, "DEVICES_ROOTS", (str(tmp_path / "cg"),))
+    got = for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1, containers=2)
+    assert [s.indices for s in got] == [(1,), (2,)]
+    monkeypatch.setattr(gpus, "DEVICES_ROOTS", (str(tmp_path / "none"),))
+    with pytest.raises(NodeFault, match="devices cgroup of job 9.srv is not there"):
+        for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1)
+
+
+def test_driver_files_must_be_roots_alone(tmp_path):
+    real = os.path.realpath(sys.executable)
+    assert gpus.driver_binds(((sys.executable, "/usr/bin/python3-x"),)) == [(real, "/usr/bin/python3-x", True)]
+    mine = tmp_path / "libcuda.so.1"
+    mine.write_text("")
+    with pytest.raises(NodeFault, match="is not root's alone"):      # /tmp (or the test dir) is others' to write
+        gpus.driver_binds(((str(mine), str(mine)),))
+    with pytest.raises(NodeFault, match="missing here"):
+        gpus.driver_binds((("/usr/lib/no-such-libcuda.so", "/usr/lib/x"),))
+
+
+def test_every_login_gets_its_containers_gpu_variables(tmp_path):
+    text = gpus.env_file_text(["j-n0-s0", "j-n0-s1", "j-n0-s2"],
+                              [gpus.Share(env={"CUDA_VISIBLE_DEVICES": "0,1", "NVIDIA_VISIBLE_DEVICES": "2,3"}),
+                               gpus.Share(env={"CUDA_VISIBLE_DEVICES": "0"}), gpus.NO_GPUS])
+    (tmp_path / "gpus.env").write_text(text)
+    script = f'. {tmp_path}/gpus.env; echo "${{CUDA_VISIBLE_DEVICES-unset}} ${{NVIDIA_VISIBLE_DEVICES-unset}}"'
+    seen = [subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=True,
+                           env={"TORQUE_DOCKER_ALIAS": alias, "CUDA_VISIBLE_DEVICES": "7",
+                                "NVIDIA_VISIBLE_DEVICES": "all"}).stdout.strip()
+            for alias in ("j-n0-s0", "j-n0-s1", "j-n0-s2")]
+    assert seen == ["0,1 2,3", "0 unset", "unset void"]
+
+
+def test_the_starter_gives_the_batch_script_its_containers_gpu_variables():
+    from torque_docker import starter
+    record = {"alias": "j-n0-s0", "gpu_env": {"j-n0-s0": {"CUDA_VISIBLE_DEVICES": "0", "NVIDIA_VISIBLE_DEVICES": "void"}}}
+    env = starter.container_env(record, {"CUDA_VISIBLE_DEVICES": "3,1", "HOME": "/h"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    env = starter.container_env({"alias": "j-n0-s0"}, {"CUDA_VISIBLE_DEVICES": "3,1", "HOME": "/h"})
+    assert "CUDA_VISIBLE_DEVICES" not in env                   # the host's numbering never goes in
+    assert "CUDA_VISIBLE_DEVICES" not in starter.env_file_text({"CUDA_VISIBLE_DEVICES": "3", "X": "1"})
+
+
+# ----------------------------------------------------------------------------- what Docker is asked for
+class FakeContainers:
+    def __init__(self) -> None:
+        self.kwargs: dict = {}
+
+    def run(self, **kwargs):
+        self.kwargs = kwargs
+
+        class Made:
+            id = "abc"
+        return Made()
+
+
+def started_with(spec: ContainerSpec) -> dict:
+    runtime = Runtime.__new__(Runtime)
+    containers = FakeContainers()
+    runtime.client = type("Client", (), {"containers": containers})()
+    assert runtime.start(spec) == "abc"
+    return containers.kwargs
+
+
+def test_the_nvidia_runtime_gets_a_device_request_for_exactly_the_containers_gpus():
+    """Not tried against a real NVIDIA runtime: this is what docker run --gpus '"device=2,3"' sends."""
+    base = ContainerSpec(image="i", name="n", hostname="h", command=("sshd",), user="1:1", group_add=(),
+                         labels={}, binds=())
+    kwargs = started_with(ContainerSpec(**{**base.__dict__, "gpu_ids": ("2", "3"),
+                                           "env": (("CUDA_VISIBLE_DEVICES", "0,1"), ("NVIDIA_VISIBLE_DEVICES", "2,3"))}))
+    (request,) = kwargs["device_requests"]
+    assert request["Driver"] == "nvidia" and request["DeviceIDs"] == ["2", "3"] and request["Capabilities"] == [["gpu"]]
+    assert request["Count"] == 0          # the ids, never "all"
+    assert kwargs["environment"] == ["CUDA_VISIBLE_DEVICES=0,1", "NVIDIA_VISIBLE_DEVICES=2,3"]
+    plain = started_with(ContainerSpec(**{**base.__dict__, "env": (("NVIDIA_VISIBLE_DEVICES", "void"),),
+                                          "devices": (("/h/nvidia1", "/dev/nvidia1"),)}))
+    assert "device_requests" not in plain and plain["devices"] == ["/h/nvidia1:/dev/nvidia1:rwm"]
+    assert plain["environment"] == ["NVIDIA_VISIBLE_DEVICES=void"]
+
+
+def test_check_describes_the_method(tmp_path):
+    dev = fake(tmp_path, 2)
+    cfg = cfg_for(dev, sister="cgroup")
+    assert gpus.describe(cfg) == (f"GPUs: method devices, sisters: cgroup; 2 GPU(s): {dev}/nvidia0 {dev}/nvidia1; "
+                                  f"shared: {dev}/nvidiactl; driver files: none")
+    gpus.check_node(cfg)
+    assert gpus.describe(config.defaults()) == "GPUs: method none (GPU jobs are refused)"
+    monkey = cfg_for(dev, method="nvidia-runtime")
+    if not any(os.access(os.path.join(d, gpus.HOOK), os.X_OK) for d in gpus.HOOK_DIRS):
+        with pytest.raises(NodeFault, match="nvidia-container-runtime-hook is not installed"):
+            gpus.check_node(monkey)
