@@ -242,15 +242,52 @@ def read_gpu_file(path: str, host: str) -> List[int]:
     return indices
 
 
+#: Run in a child that joins the job's devices cgroup: for each major:minor, can it mknod a
+#: node of it (the cgroup's "m" right, which Torque denies with "r" and "w")? Nothing is opened.
+_PROBE = r"""
+import os, stat, sys, tempfile
+with open(sys.argv[1], "w") as tasks:
+    tasks.write(str(os.getpid()))
+where, ok = tempfile.mkdtemp(), []
+try:
+    for n, pair in enumerate(sys.argv[2:]):
+        major, minor = (int(x) for x in pair.split(":"))
+        path = os.path.join(where, str(n))
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+        except PermissionError:
+            continue
+        os.unlink(path)
+        ok.append(str(n))
+finally:
+    os.rmdir(where)
+print(" ".join(ok))
+"""
+
+
+def _majmin(host: str) -> str:
+    rdev = os.stat(host).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
 def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequence[str]] = None) -> List[int]:
-    """The indices of this node's GPUs that Torque's devices cgroup lets the job use: the GPU
-    whose device node's major:minor is allowed. No cgroup, or one that allows everything,
-    is the node's fault: the site said Torque restricts jobs to their GPUs here."""
+    """The indices of this node's GPUs that Torque's devices cgroup of the job lets it use.
+
+    Torque (src/resmom/trq_cgroups.c, trq_cg_add_devices_to_cgroup) writes a ``c 195:N rwm``
+    line into the job's ``devices.deny`` for every GPU NOT given to the job; the cgroup
+    otherwise allows everything, and the kernel then shows only ``a *:* rwm`` in
+    ``devices.list``. So a short-lived child joins the cgroup and tries to mknod each GPU's
+    major:minor (nothing is opened); what it may make, the job may use. A cgroup whose list
+    is a plain allow-list is read directly. No cgroup is the node's fault: the site said
+    Torque restricts jobs to their GPUs here."""
+    import subprocess
+    import sys
     fix = "run pbs_mom with cgroups (--enable-cgroups) on this node, or choose another [gpus] sister"
     roots = DEVICES_ROOTS if roots is None else roots
     if "/" in jobid or jobid in ("", ".", ".."):
         raise NodeFault(f"job id {jobid!r} cannot name a cgroup", fix)
     text: Optional[str] = None
+    found = ""
     for root in roots:
         try:
             fd = os.open(os.path.join(root, jobid, "devices.list"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -260,30 +297,30 @@ def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequenc
             text = os.read(fd, MAX_FILE).decode("ascii", errors="replace")
         finally:
             os.close(fd)
+        found = os.path.join(root, jobid)
         break
     if text is None:
         raise NodeFault(f"Torque's devices cgroup of job {jobid} is not there ({', '.join(roots)})", fix)
-    allowed = set()
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) < 2:
-            continue
-        if words[0] == "a" or words[1].startswith("*") or words[1].endswith("*"):
-            if words[0] in ("a", "c"):
-                raise NodeFault(f"Torque's devices cgroup of job {jobid} allows every device ({line.strip()}): "
-                                "it does not say which GPUs the job has", fix)
-            continue
-        if words[0] == "c" and re.fullmatch(r"[0-9]+:[0-9]+", words[1]):
-            allowed.add(words[1])
-    out = []
+    pairs: List[Tuple[int, str]] = []
     for index, (host, _) in enumerate(gpus_here):
         try:
-            rdev = os.stat(host).st_rdev
+            pairs.append((index, _majmin(host)))
         except OSError:
             continue
-        if f"{os.major(rdev)}:{os.minor(rdev)}" in allowed:
-            out.append(index)
-    return out
+    lines = [line.split() for line in text.splitlines() if len(line.split()) >= 2]
+    if not any(words[0] == "a" for words in lines):         # an allow-list: read it
+        allowed = {words[1] for words in lines if words[0] == "c"}
+        return [index for index, pair in pairs if pair in allowed]
+    try:
+        done = subprocess.run([sys.executable, "-S", "-c", _PROBE, os.path.join(found, "tasks")]
+                              + [pair for _, pair in pairs], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NodeFault(f"cannot look into Torque's devices cgroup of job {jobid} ({exc})", fix) from None
+    if done.returncode != 0 or not re.fullmatch(r"[0-9 ]*", done.stdout.strip()):
+        raise NodeFault(f"cannot look into Torque's devices cgroup of job {jobid}: "
+                        f"{(done.stderr.strip().splitlines() or ['no answer'])[-1][:200]}", fix)
+    return [pairs[int(n)][0] for n in done.stdout.split()]
 
 
 # ----------------------------------------------------------------------------- into containers

@@ -136,21 +136,37 @@ def test_the_gpu_file_is_read_without_following_links_and_only_when_roots_alone(
 
 
 # ----------------------------------------------------------------------------- a sister's cgroup
-def test_the_devices_cgroup_names_the_jobs_gpus_by_major_minor(tmp_path):
+def test_an_allow_list_cgroup_names_the_jobs_gpus_by_major_minor(tmp_path):
     dev = fake(tmp_path)
     here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
     job = tmp_path / "cg" / "7.srv"
     job.mkdir(parents=True)
     (job / "devices.list").write_text("c 1:3 rwm\nc 1:8 rwm\nc 195:255 rwm\nb 8:0 r\n")
     assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 3]
-    (job / "devices.list").write_text("a *:* rwm\n")
-    with pytest.raises(NodeFault, match="allows every device"):
-        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")])
     with pytest.raises(NodeFault, match="not there") as info:
         gpus.read_cgroup("8.srv", here, [str(tmp_path / "cg")])
     assert "--enable-cgroups" in info.value.fix
     with pytest.raises(NodeFault):
         gpus.read_cgroup("../7.srv", here, [str(tmp_path / "cg")])
+
+
+def test_torques_deny_style_cgroup_is_probed_from_inside_it(tmp_path):
+    """Torque denies the other GPUs (devices.deny) and the kernel lists only 'a *:* rwm': a
+    child joins the cgroup (writes its pid to tasks) and tries mknod of each GPU. Here the
+    cgroup is a stand-in directory (this machine has no cgroup v1 devices controller), so
+    the child may make every node: what is tested is the plumbing, the denial is the kernel's."""
+    dev = fake(tmp_path, 3)
+    here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
+    job = tmp_path / "cg" / "7.srv"
+    job.mkdir(parents=True)
+    (job / "devices.list").write_text("a *:* rwm\n")
+    (job / "tasks").write_text("")
+    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 1, 2]
+    assert (job / "tasks").read_text().isdigit()          # the child joined it, not the hook
+    (job / "tasks").unlink()
+    (job / "tasks").mkdir()                                # joining fails: the node's fault, said
+    with pytest.raises(NodeFault, match="cannot look into Torque's devices cgroup of job 7.srv"):
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")])
 
 
 # ----------------------------------------------------------------------------- shares
