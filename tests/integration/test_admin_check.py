@@ -219,6 +219,11 @@ def _device_missing(site):
                                   + "[devices]\npaths = /nonexistent/infiniband:/dev/infiniband\n")
 
 
+def _gpu_missing(site):
+    site.configs[NODE].write_text(site.configs[NODE].read_text()
+                                  + "[gpus]\nmethod = devices\ndevices = /nonexistent/nvidia%d:/dev/nvidia%d\n")
+
+
 # (case, break the node, the failing check's name, words its reason must hold)
 CASES: List[Tuple[str, Callable, str, str]] = [
     ("hook group-writable", _hook_mode, "hook ", "mode 775 is group/other writable; pbs_mom refuses it"),
@@ -250,6 +255,7 @@ CASES: List[Tuple[str, Callable, str, str]] = [
     ("seccomp profile writable", _seccomp_writable, "seccomp profile", "writable by root only"),
     ("seccomp profile unconfined", _seccomp_unconfined, "seccomp profile", "no confinement"),
     ("device missing", _device_missing, "devices and limits", "device /nonexistent/infiniband ([devices] paths) is missing"),
+    ("GPU driver missing", _gpu_missing, "GPUs", "[gpus] method = devices, but no GPU device node of [gpus] devices is here"),
 ]
 
 
