@@ -196,3 +196,16 @@ def test_check_reports_the_gpu_method_and_what_it_sees(make_site, tmp_path):
     assert "OK   GPUs: ok" in text, text
     assert (f"GPUs: method devices, sisters: whole-node; 2 GPU(s): {dev}/nvidia0 {dev}/nvidia1; "
             f"shared: {dev}/nvidiactl {dev}/nvidia-uvm; driver files: none") in text, text
+
+
+def test_the_nvidia_runtime_where_docker_has_none_is_the_nodes_fault(make_site, docker_client, tmp_path):
+    """This machine's dockerd has no NVIDIA runtime: the device request it cannot honour is
+    refused by Docker, which requeues the job as the node's fault with the fix."""
+    site = make_site(nodes=1, extra_config=gpu_config(fake_gpus(tmp_path), method="nvidia-runtime"))
+    job = site.job(SCRIPT, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
+    job.nodes_spec = "tdnode0:ppn=1:gpus=2"
+    result = site.cluster.run(job)
+    assert result.state == "Q" and result.runs("prologue")[0].rc == 2          # node fault: requeue
+    log = site.log_file.read_text()
+    assert "could not give container" in log and "its GPUs 0,1" in log and "NVIDIA Container Toolkit" in log, log
+    assert site.leftovers(docker_client, job.jobid) == []
