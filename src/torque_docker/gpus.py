@@ -80,7 +80,7 @@ def refuse_requested(resources: Mapping[str, str], method: str = "none", sister:
     the method is ``none``, or GPUs on a sister where sisters refuse them. The same words
     at qsub (the submit filter) and in the MS prologue; never the node's fault, since every
     node of the site would answer the same."""
-    spec = resources.get("nodes", "")
+    spec = resources.get("nodes") or resources.get("neednodes") or ""
     count = requested(spec)
     if not count:
         return
@@ -371,7 +371,7 @@ def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int,
     """The shares of this node's containers for a job: NO_GPUS for each when the job asks for
     no GPU here. Raises PolicyError when the site cannot honour the request (the user's),
     NodeFault when this node does not have what the site says it has."""
-    spec = resources.get("nodes", "")
+    spec = resources.get("nodes") or resources.get("neednodes") or ""
     refuse_requested(resources, cfg.gpus_method, cfg.gpus_sister)
     wanted = per_node(spec)
     here = wanted[node_index] if node_index < len(wanted) else 0

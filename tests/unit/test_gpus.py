@@ -28,6 +28,8 @@ def test_the_site_without_gpus_refuses_a_gpu_job_as_the_users():
         gpus.refuse_requested({"nodes": "1:ppn=1:gpus=1"})
     assert "[gpus] method = none" in info.value.message and info.value.user_error and not info.value.node_fault
     gpus.refuse_requested({"nodes": "1:ppn=1"})                                  # no GPUs: nothing to refuse
+    with pytest.raises(PolicyError):                   # only neednodes (as the server may pass it)
+        gpus.refuse_requested({"neednodes": "1:ppn=1:gpus=1"})
     gpus.refuse_requested({"nodes": "1:ppn=1:gpus=2"}, "devices", "refuse")     # the first node only: fine
 
 
