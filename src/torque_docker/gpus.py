@@ -407,6 +407,16 @@ def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int,
     return shares(cfg.gpus_method, gpus_here, cfg.gpus_shared_devices, indices, containers)
 
 
+def sister_hint(cfg, resources: Mapping[str, str]) -> str:
+    """Words for the MS's message when a sister's container is missing: with ``whole-node``
+    a sister refuses a job that asks for fewer GPUs than it has, and only it knows its count."""
+    spec = resources.get("nodes") or resources.get("neednodes") or ""
+    if cfg.gpus_method == "none" or cfg.gpus_sister != "whole-node" or not any(per_node(spec)[1:]):
+        return ""
+    return ("; if it is the GPUs: on a node other than its first, this site gives GPUs only to a job "
+            "that asks for all of that node's GPUs ([gpus] sister = whole-node)")
+
+
 def share_of(per: Sequence[Share], position: int) -> Share:
     """The share of the container at ``position`` in the node's plan (none when not planned)."""
     return per[position] if position < len(per) else NO_GPUS

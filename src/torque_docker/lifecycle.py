@@ -745,7 +745,8 @@ def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo,
             # A sister leaves what the job may have caused to this node (its exit would have
             # taken the node down): the cause is in that node's admin log.
             raise ContainerFault(f"the job's container on {', '.join(hosts)} did not start "
-                                 f"(its torque-docker log says why)",
+                                 f"(its torque-docker log says why)"
+                                 + gpus.sister_hint(cfg, parse_resource_list(ctx.resource_list)),
                                  "if it happens again, ask the admin to look at that node's torque-docker log")
         # Every node must run exactly the MS's image: the sisters announce theirs in the banner.
         mine = image_tag(image_id)

@@ -169,6 +169,8 @@ def test_a_part_of_a_sisters_gpus_is_refused_with_whole_node(make_site, docker_c
     assert result.exit_status != 0 and "NODE " not in result.stdout
     log = site.log_file.read_text()
     assert "asks for 1 GPU(s) on node tdnode1, which has 2" in log, log
+    # the MS, which cannot know the sister's count, names the likely reason with the missing container
+    assert "asks for all of that node's GPUs ([gpus] sister = whole-node)" in log, log
     assert site.leftovers(docker_client, job.jobid) == []
 
 

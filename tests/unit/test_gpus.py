@@ -233,6 +233,13 @@ def test_a_sister_with_whole_node_takes_all_or_refuses(tmp_path):
     assert for_node(cfg, "n0:gpus=2+n1", tmp_path, ms=False, index=1) == [gpus.NO_GPUS]   # none asked here
 
 
+def test_the_ms_says_why_a_sisters_container_may_be_missing(tmp_path):
+    cfg = cfg_for(fake(tmp_path, 2), sister="whole-node")
+    assert "asks for all of that node's GPUs" in gpus.sister_hint(cfg, {"nodes": "2:ppn=1:gpus=1"})
+    assert gpus.sister_hint(cfg, {"nodes": "n1:gpus=1+n2"}) == ""           # no GPUs on a sister
+    assert gpus.sister_hint(cfg_for(tmp_path / "dev", sister="cgroup"), {"nodes": "2:gpus=1"}) == ""
+
+
 def test_a_sister_with_cgroup_reads_torques_cgroup(tmp_path, monkeypatch):
     cfg = cfg_for(fake(tmp_path), sister="cgroup")
     job = tmp_path / "cg" / "9.srv"
