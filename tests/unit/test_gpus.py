@@ -279,12 +279,17 @@ def test_every_login_gets_its_containers_gpu_variables(tmp_path):
 
 def test_the_starter_gives_the_batch_script_its_containers_gpu_variables():
     from torque_docker import starter
-    record = {"alias": "j-n0-s0", "gpu_env": {"j-n0-s0": {"CUDA_VISIBLE_DEVICES": "0", "NVIDIA_VISIBLE_DEVICES": "void"}}}
+    from torque_docker.records import StarterInfo
+    record = StarterInfo(alias="j-n0-s0", gpu_env=("j-n0-s0 CUDA_VISIBLE_DEVICES=0", "j-n0-s0 NVIDIA_VISIBLE_DEVICES=void",
+                                                   "j-n0-s1 CUDA_VISIBLE_DEVICES=0,1"))
     env = starter.container_env(record, {"CUDA_VISIBLE_DEVICES": "3,1", "HOME": "/h"})
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["NVIDIA_VISIBLE_DEVICES"] == "void"
-    env = starter.container_env({"alias": "j-n0-s0"}, {"CUDA_VISIBLE_DEVICES": "3,1", "HOME": "/h"})
+    assert starter.container_env(record, {}, "j-n0-s1")["CUDA_VISIBLE_DEVICES"] == "0,1"     # a TM task's container
+    env = starter.container_env(StarterInfo(alias="j-n0-s0"), {"CUDA_VISIBLE_DEVICES": "3,1", "HOME": "/h"})
     assert "CUDA_VISIBLE_DEVICES" not in env                   # the host's numbering never goes in
     assert "CUDA_VISIBLE_DEVICES" not in starter.env_file_text({"CUDA_VISIBLE_DEVICES": "3", "X": "1"})
+    # the record keeps them through JSON, as the prologue writes it and the starter reads it
+    assert StarterInfo.from_json(record.to_json()).gpu_vars("j-n0-s1") == {"CUDA_VISIBLE_DEVICES": "0,1"}
 
 
 # ----------------------------------------------------------------------------- what Docker is asked for
