@@ -78,6 +78,13 @@ class HookContext:
         return ""
 
 
+    @property
+    def gpu_file(self) -> Path:
+        """Where pbs_mom lists the GPUs the server chose for the job, on the MS only:
+        ``$PBS_HOME/aux/<jobid>gpu``, one ``HOST-gpuN`` line per GPU, written before the MS
+        prologue (src/resmom/start_exec.c; docs/torque-facts.md "GPUs"). A sister has none."""
+        return self.pbs_home / "aux" / f"{self.jobid}gpu"
+
 def pbs_home_from(argv0: str, cwd: str) -> Path:
     """``$PBS_HOME``: the parent of mom_priv, where the hook lives and runs (cwd)."""
     for candidate in (Path(os.path.abspath(argv0)).parent, Path(cwd)):
