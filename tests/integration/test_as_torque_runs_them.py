@@ -64,10 +64,14 @@ def normalize(text: str, jobid: str) -> str:
 
 # What a job's processes can tell about how they were started. The job's environment
 # without what differs per job (id, cookie, TM port); "$@" of the script.
+# The descriptors are listed by one plain command, never a pipeline: a shell holds the read
+# end of a pipeline's pipe (fd 3) until it has started the pipeline's last command, so
+# `ls /proc/$$/fd | awk` sometimes saw that pipe in the very shell it listed (dash and bash
+# alike, with or without pbs_mom or the starter); a plain command's shell only waits.
 REPORT = r"""
 echo "top=$(tr '\0' ' ' < /proc/$PPID/cmdline)| exe=$(readlink /proc/$PPID/exe)"
 grep -E '^(SigIgn|SigBlk|Uid|Gid|Groups)' /proc/self/status
-ls -l /proc/$PPID/fd | awk 'NR > 1 {print "fd", $9, $10, $11}'
+find /proc/$PPID/fd -mindepth 1 -printf 'fd %f -> %l\n'
 echo "umask=$(umask) pwd=$(pwd) args=$#:$*"
 env -0 | sort -z | tr '\0' '\n' | grep -v -E '^(PBS_JOBID|PBS_JOBCOOKIE|PBS_MOMPORT|_)='
 """
