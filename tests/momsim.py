@@ -691,6 +691,11 @@ def _job_child(tty: bool = False, execvp: Optional[list] = None, env: Optional[d
             import termios
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         if execvp is not None:
+            # subprocess applies close_fds only after preexec_fn returns, and this one never
+            # returns: close them here. Otherwise every descriptor this process holds without
+            # close-on-exec (whatever started pytest handed it) reaches the task: none of
+            # them is pbs_mom's, a daemon that hands a task its stdin, stdout and stderr.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             # environ = the task's (start_exec.c: environ = vtable.v_envp), then execvp():
             # the C library searches the PATH of that environment.
             os.environ.clear()

@@ -886,6 +886,23 @@ echo pbsdsh-exit=$?
         [("tdnode0", 0, 0), ("tdnode1", 2, 0)], [("tdnode1", 2, 0), ("tdnode0", 0, 0)])
 
 
+def test_a_tm_task_gets_none_of_the_descriptors_of_the_process_running_the_simulator(sim):
+    """The simulator execs a task from subprocess's preexec_fn, before subprocess would apply
+    close_fds: a descriptor this process holds without close-on-exec must still not reach it."""
+    pbsdsh = _pbsdsh(sim)
+    read_end, write_end = os.pipe()
+    stray = os.dup2(write_end, 200, inheritable=True)
+    try:
+        task = 'find /proc/$$/fd -mindepth 1 -printf "fd %f -> %l\\n"'
+        r = sim.cluster.run(sim.job([("tdnode0", 1)], f"#!/bin/bash\n{pbsdsh} -n 0 sh -c '{task}'\n"))
+    finally:
+        for fd in (read_end, write_end, stray):
+            os.close(fd)
+    fds = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("fd ")]
+    assert {"0", "1", "2"} <= set(fds), r.stdout + r.stderr
+    assert str(stray) not in fds and not any("pipe:" in line for line in r.stdout.splitlines()), r.stdout
+
+
 def test_tm_task_goes_through_the_job_starter_without_a_shell(make_sim):
     s = make_sim()
     starter = s.root / "starter.sh"
