@@ -140,6 +140,7 @@ echo pbsdsh-exit=$?
     assert "PBS: no-such-program: No such file or directory" in err_with
     assert "pbsdsh(): task 0 exit status 254" in err_with and "pbsdsh-exit=0" in out_with
     assert "vnode=1 node=1" in out_with and "args=2:a b c" in out_with and "FOO=bar" in out_with
+    assert "fd 0 -> /dev/null\nfd 1 -> " in out_with           # the task's descriptors are listed
     assert [t.status for t in with_starter.tasks] == [0, 0, 0, 254]
     with without_starter(site):
         plain, out_plain, err_plain = run()
