@@ -23,6 +23,7 @@ without a delay is up, and serves until killed. ``Standins`` does that from Pyth
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -247,6 +248,7 @@ def scale_job(workdir: Path, num_nodes: int, slots: int, model: str, *, base: Tu
     addresses, which the plan uses as node names (they resolve to themselves)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from torque_docker import config, identity, keys, plan, probe
+    from torque_docker.records import JobRecord, StartedContainer
     from torque_docker.state import NodeState
     from torque_docker.torque import HookContext
 
@@ -262,10 +264,8 @@ def scale_job(workdir: Path, num_nodes: int, slots: int, model: str, *, base: Tu
     ctx = HookContext(kind="prologue", jobid=jobid, user=user.name, group=user.groups[0][0], jobname="scale",
                       resource_list=f"nodes={num_nodes}:ppn={slots},other=image=x;model={model}", node_index=0,
                       pbs_home=workdir, workdir=str(workdir), nodefile=nodefile, environ=environ)
-    values = dict(config.defaults().values)
-    values.update(ssh_include_dir=str(workdir / "ssh"), paths_state_dir=str(workdir / "state"),
-                  ssh_ready_timeout=ready_timeout)
-    cfg = config.Config(values)
+    cfg = dataclasses.replace(config.defaults(), ssh_include_dir=str(workdir / "ssh"),
+                              paths_state_dir=str(workdir / "state"), ssh_ready_timeout=ready_timeout)
     job = keys.JobIdentity.of(ctx)  # type: ignore[arg-type]
     secrets_ = keys.JobSecrets.derive(secret, job)
 
@@ -281,14 +281,14 @@ def scale_job(workdir: Path, num_nodes: int, slots: int, model: str, *, base: Tu
     (ctr / "ssh.d").mkdir()
     for name in ("ssh_config", "hosts", "hosts-launcher"):
         (ctr / name).write_text("")
-    state.save_job(jobid, {"jobid": jobid, "containers": []})
-    local_started = []
+    state.save_job(JobRecord(jobid=jobid))
+    local_started: List[StartedContainer] = []
     for c in nodes[0].containers:
-        port = next(p for p in c.candidates if p not in {s["port"] for s in local_started})
-        local_started.append({"alias": c.alias, "port": port, "address": hosts_of[0], "slot": c.slot})
+        port = next(p for p in c.candidates if p not in {s.port for s in local_started})
+        local_started.append(StartedContainer(name=c.name, alias=c.alias, port=port, slot=c.slot, address=hosts_of[0]))
     sisters = []
     count = 0
-    used = {(hosts_of[0], c["port"]) for c in local_started}
+    used = {(hosts_of[0], c.port) for c in local_started}
     for node in nodes[1:]:
         for c in node.containers:
             count += 1
@@ -309,7 +309,7 @@ def scale_job(workdir: Path, num_nodes: int, slots: int, model: str, *, base: Tu
     for c, started in zip(nodes[0].containers, local_started):
         sisters.append(Sister(alias=c.alias, address=hosts_of[0], candidates=list(c.candidates),
                               token=probe.container_token(secrets_.token, 0, c.slot),
-                              at=c.candidates.index(started["port"])))
+                              at=c.candidates.index(started.port)))
     return ScaleJob(ctx, cfg, state, user, nodes, local_started, hosts_of[0], secrets_, assigned, sisters)
 
 

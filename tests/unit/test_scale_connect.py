@@ -17,7 +17,7 @@ import standins  # noqa: E402
 
 from torque_docker import connect, plan, probe, render  # noqa: E402
 from torque_docker.errors import ContainerFault  # noqa: E402
-from torque_docker.lifecycle import Timer  # noqa: E402
+from torque_docker.jobcontext import Timer  # noqa: E402
 
 
 def targets_of(job):
