@@ -12,7 +12,7 @@ the first ``mpirun`` hop) is relayed to a real sshd in a container of the test i
 a sister's job files (``prepare_job_dir``) and the product's sshd_config and session: one
 container of its own for each sister the MS logs into (it relays the push from its own
 files), one shared by all the others. Every sister's share of the push and of the hop
-therefore runs on this one machine, which a real cluster spreads over its nodes. The epilogue's MS part (``lifecycle.teardown``) runs with the real
+therefore runs on this one machine, which a real cluster spreads over its nodes. The epilogue's MS part (``teardown.teardown``) runs with the real
 Docker runtime. Must run as root (job files are a tmpfs, owned as on a node).
 
 Writes DIR/scale.json and DIR/scale.md (default bench/reported/scale-<time>/).
@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 import standins  # noqa: E402
 
-from torque_docker import connect, lifecycle, plan  # noqa: E402
+from torque_docker import connect, lifecycle, plan, teardown  # noqa: E402
+from torque_docker.jobcontext import Timer  # noqa: E402
 from torque_docker.identity import lookup  # noqa: E402
 from torque_docker.log import Log  # noqa: E402
 from torque_docker.runtime import Runtime  # noqa: E402
@@ -100,7 +101,7 @@ class RealSshd:
 
     def close(self) -> None:
         subprocess.run(["docker", "rm", "-f", self.ident], capture_output=True)
-        lifecycle.release_job_files(self.state, self.jobid)
+        teardown.release_job_files(self.state, self.jobid)
 
 
 def one_size(model: str, nodes: int, slots: int, base: int, root: Path, log: Log) -> Dict[str, object]:
@@ -131,12 +132,12 @@ def one_size(model: str, nodes: int, slots: int, base: int, root: Path, log: Log
                                relay=(RELAY_ADDRESS, sshd.port)):
             # The MS's own files, as its prologue left them (tmpfs, root's, keys the user's).
             lifecycle.prepare_job_dir(job.state, jobid, lookup(USER), job.secrets, job.cfg, log_level="ERROR")
-            timer = lifecycle.Timer()
-            connect.connect_job(job.ctx, job.cfg, job.state, lookup(USER), job.nodes, job.local_started,
-                                job.address, job.secrets, timer, assigned=job.hosts)
+            timer = Timer()
+            logins = connect.connect_job(job.ctx, job.cfg, job.state, lookup(USER), job.nodes, job.local_started,
+                                         job.address, job.secrets, timer, assigned=job.hosts)
             row.update({name: seconds for name, seconds in timer.steps})
             row["connect"] = timer.total
-            row["ms_logins"] = job.state.load_job(jobid).get("push_logins")
+            row["ms_logins"] = logins
             host_config = Path(job.cfg.ssh_include_dir) / f"{jobid.replace('/', '_')}.conf"
             last = job.nodes[-1].containers[-1].alias
             row["config_lines"] = len(host_config.read_text().splitlines())
@@ -145,7 +146,7 @@ def one_size(model: str, nodes: int, slots: int, base: int, root: Path, log: Log
             hop = ["runuser", "-u", USER, "--", "ssh", "-F", str(host_config), last, "# torque-docker\ntrue"]
             row["hop"] = median_run(hop)
         start = time.perf_counter()
-        undone = lifecycle.teardown(job.cfg, jobid, runtime=Runtime(job.cfg.docker_endpoint, 30),
+        undone = teardown.teardown(job.cfg, jobid, runtime=Runtime(job.cfg.docker_endpoint, 30),
                                     nodefile=job.ctx.nodefile, log=log)
         row["epilogue"] = time.perf_counter() - start
         row["epilogue_errors"] = undone.errors
@@ -154,7 +155,7 @@ def one_size(model: str, nodes: int, slots: int, base: int, root: Path, log: Log
         for one in own.values():
             one.close()
         try:      # whatever happened: the MS's tmpfs and files (teardown's last step, idempotent)
-            lifecycle.release_job_files(job.state, jobid)
+            teardown.release_job_files(job.state, jobid)
         except Exception as exc:
             print(f"bench: cleanup of {jobid}: {exc}", file=sys.stderr)
     row["wall"] = time.perf_counter() - t0
@@ -187,7 +188,7 @@ def failures(root: Path) -> Dict[str, object]:
         start = time.perf_counter()
         try:
             connect.connect_job(job.ctx, job.cfg, job.state, lookup(USER), job.nodes, job.local_started,
-                                job.address, job.secrets, lifecycle.Timer(), assigned=job.hosts)
+                                job.address, job.secrets, Timer(), assigned=job.hosts)
             out["dead_error"] = "none"
         except ContainerFault as exc:
             out["dead_error"] = exc.message
@@ -204,7 +205,7 @@ def markdown(rows: List[Dict[str, object]], meta: Dict[str, object]) -> str:
            "Seconds (medians of 7 for parse and hop). plan: plan_job from exec_host; probe .. nodefile: the "
            "steps of connect.connect_job; connect: their sum (the part of the MS prologue that grows with the "
            "job); parse: `ssh -G` of the last alias; hop: a real `ssh` login to the last alias with the job's "
-           "config; epilogue: the MS's lifecycle.teardown.", "",
+           "config; epilogue: the MS's teardown.teardown.", "",
            head + " | ".join(steps) + " |",
            "|---|---|---|---|" + "---|" * len(steps)]
     for r in rows:
