@@ -12,15 +12,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import devices, gpus, hostpath, keys, plan, policy, probe, render, resources, seccomp, sweep
-from .config import Config, resolve_address
+from .config import Config
+from .connect import CTR_DIR, GROUP_DIR, RELAY, connect_job, image_tag, node_hosts
 from .errors import (ConfigError, ContainerFault, ImageBusy, ImageError, NodeFault, PolicyError, RequestError,
                      TorqueDockerError, no_sshd, sshd_exited)
 from .gpus import Share
@@ -34,7 +34,6 @@ from .state import NodeState, ensure_dir, write_file, write_in_place
 from .teardown import stage_dir, teardown
 from .torque import HookContext, MomConfig, assigned_hosts, check_identity, safe_jobid
 
-CTR_DIR = "/run/torque-docker"   # where the job's per-node files appear inside containers
 STARTER_RECORD = "starter.json"  # the job starter's record, in the job directory (root's)
 
 
@@ -122,7 +121,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         record = JobRecord(jobid=ctx.jobid, user=user.name, node_index=ctx.node_index, host=job.host,
                            ms=ctx.is_ms, image=reference, started=time.time())
         state.save_job(record)
-        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg)
+        prepare_job_dir(state, ctx.jobid, user, secrets_, cfg, ms=ctx.is_ms)
         staged = stage_binds(state, ctx.jobid, binds) + gpus.binds_for(cfg, gpu_shares)
         write_file(state.ctr_dir(ctx.jobid) / gpus.ENV_FILE,
                    gpus.env_file_text([c.alias for c in local.containers], gpu_shares), 0o644)
@@ -256,14 +255,6 @@ def fit_login_shell(job: JobContext, ident: str) -> None:
     if user.shell and user.shell != "/bin/sh" and not job.runtime.has_file(ident, user.shell):
         write_in_place(job.state.ctr_dir(job.jobid) / "passwd",
                        render.passwd_text(user.name, user.uid, user.gid, user.gecos, user.home, "/bin/sh"))
-
-
-def node_hosts() -> str:
-    """The node's own /etc/hosts (root's), for the containers' /etc/hosts."""
-    try:
-        return Path("/etc/hosts").read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def ensure_image(runtime: Runtime, image: policy.ImageChoice, cfg: Config, log: Log, jobid: str,
@@ -455,13 +446,8 @@ def stage_binds(state: NodeState, jobid: str, binds: Sequence[Bind]) -> List[Tup
     return [(next(points) if b.pin is not None else b[0], b[1], b[2]) for b in binds]
 
 
-def image_tag(image_id: str) -> str:
-    """Short form of an image id for the sshd banner (``sha256:`` dropped)."""
-    return image_id.split(":")[-1][:16]
-
-
 def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys.JobSecrets, cfg: Config,
-                    log_level: str = "ERROR") -> None:
+                    log_level: str = "ERROR", ms: bool = True) -> None:
     """The job's files on this node, seen in its containers at /run/torque-docker.
 
     ``<job dir>/ctr`` is a tmpfs of ``[jobs] files_size`` (the containers write there, so it
@@ -507,6 +493,13 @@ def prepare_job_dir(state: NodeState, jobid: str, user: UserInfo, secrets_: keys
     write_file(ctr / "job.pid", "", 0o644, **mine)
     write_file(ctr / "job.env", "", 0o600, **mine)    # the starter writes the job's environment in place
     write_file(ctr / "nodefile", "", 0o644, **mine)   # the MS pushes the rewritten one into sisters
+    write_file(ctr / RELAY, "", 0o644, **mine)        # the push's relay to other sisters (connect.relay_script)
+    # The SSH config's group files of a large job (render.ssh_config): the MS writes its own
+    # as root; a sister's arrive with the MS's push, through the job's ssh, as the user.
+    if ms:
+        ensure_dir(ctr / GROUP_DIR, 0o755)
+    else:
+        ensure_dir(ctr / GROUP_DIR, 0o755, user.uid, user.gid)
     ensure_dir(ctr / "run", 0o700, user.uid, user.gid)  # the starter's pid and status file of each run
 
 
@@ -719,119 +712,3 @@ def container_tmpfs(volumes: Sequence[str], binds: Sequence[Tuple[str, str, bool
                              "remove that VOLUME from the image (or mount elsewhere)")
         out.append((path, size))
     return tuple(out)
-
-
-# --------------------------------------------------------------------------- MS: connect the nodes
-def connect_job(ctx: HookContext, cfg: Config, state: NodeState, user: UserInfo, nodes: Sequence[plan.NodePlan],
-                local_started: Sequence[StartedContainer], address: str, secrets_: keys.JobSecrets,
-                timer: Timer, image_id: str = "", image: str = "", *, assigned: Sequence[str]) -> None:
-    """Find where every sister container listens, write the SSH files, push them, rewrite the nodefile."""
-    assert ctx.nodefile is not None                       # the MS's
-    endpoints: Dict[str, Tuple[str, int]] = {c.alias: (address, c.port) for c in local_started}
-    targets: Dict[str, Tuple[str, Sequence[int], str]] = {}
-    for node in nodes[1:]:
-        node_address = resolve_address(node.host)
-        for container in node.containers:
-            targets[container.alias] = (node_address, container.candidates,
-                                        probe.container_token(secrets_.token, node.index, container.slot))
-    if targets:
-        # Sisters answered before their prologue.parallel ended, and all ended before this
-        # one began: a short deadline only covers a slow network.
-        found = probe.find_ports(targets, time.monotonic() + min(5.0, cfg.ssh_ready_timeout),
-                                 host_key=secrets_.host_key.public_openssh)
-        missing = sorted(set(targets) - set(found))
-        if missing:
-            hosts = sorted({n.host for n in nodes[1:] for c in n.containers if c.alias in missing})
-            # A sister leaves what the job may have caused to this node (its exit would have
-            # taken the node down): the cause is in that node's admin log.
-            raise ContainerFault(f"the job's container on {', '.join(hosts)} did not start "
-                                 f"(its torque-docker log says why)"
-                                 + gpus.sister_hint(cfg, parse_resource_list(ctx.resource_list)),
-                                 "if it happens again, ask the admin to look at that node's torque-docker log")
-        # Every node must run exactly the MS's image: the sisters announce theirs in the banner.
-        mine = image_tag(image_id)
-        for alias, (port, theirs) in found.items():
-            if mine and theirs and theirs != mine:
-                host = next(n.host for n in nodes[1:] for c in n.containers if c.alias == alias)
-                raise NodeFault(f"{host} runs image {theirs} for {image}, this node {mine}",
-                                f"stage the same image on every node ('torque-docker stage {image}') "
-                                f"or ask for it by digest")
-            endpoints[alias] = (targets[alias][0], port)
-    timer.step("probe")
-
-    ordered: List[Dict[str, Any]] = [{"alias": c.alias, "address": endpoints[c.alias][0], "port": endpoints[c.alias][1]}
-               for n in nodes for c in n.containers]
-    ctr = state.ctr_dir(ctx.jobid)
-    common = dict(jobid=ctx.jobid, user=user.name, containers=ordered)
-    host_text = render.render("ssh_config.j2", cfg.paths_template_dir, identity_file=str(ctr / "id_ed25519"),
-                              known_hosts=str(ctr / "known_hosts"), **common)
-    ctr_text = render.render("ssh_config.j2", cfg.paths_template_dir, identity_file=f"{CTR_DIR}/id_ed25519",
-                             known_hosts=f"{CTR_DIR}/known_hosts", **common)
-    include_dir = Path(cfg.ssh_include_dir)
-    ensure_dir(include_dir, 0o755)
-    host_config = include_dir / f"{safe_jobid(ctx.jobid)}.conf"
-    write_file(host_config, host_text, 0o644)
-    write_in_place(ctr / "ssh_config", ctr_text)
-    here = node_hosts()
-    hosts_text = render.hosts_text([(c["address"], c["alias"]) for c in ordered], here)
-    write_in_place(ctr / "hosts", hosts_text)
-    siblings = {c.alias for c in nodes[0].containers[1:]}
-    write_in_place(ctr / "hosts-launcher",
-                   render.hosts_text([(c["address"], c["alias"]) for c in ordered if c["alias"] not in siblings],
-                                     here))
-    original = Path(ctx.nodefile).read_text(errors="replace")
-    # From the plan (the slots the server assigned), never from pbs_mom's nodefile, which
-    # the job's own variables can fill (BEOWULF_JOB_MAP).
-    rewritten = render.rewrite_nodefile(assigned, plan.slot_alias(nodes))
-    # Containers of a node share its job directory: one push per sister node is enough. The
-    # nodefile goes too: TM tasks find their slot's container in it on every node. The hosts
-    # file carries this node's /etc/hosts lines to the sisters: a cluster's nodes resolve
-    # the same names.
-    push_container_files(host_config, [n.containers[0].alias for n in nodes[1:]],
-                         {"ssh_config": ctr_text, "hosts": hosts_text, "nodefile": rewritten})
-    timer.step("render")
-
-    write_file(state.job_dir(ctx.jobid) / "nodefile.orig", original, 0o644)
-    write_in_place(Path(ctx.nodefile), rewritten)
-    # The host's $PBS_HOME is not in the containers; run=container jobs read this copy.
-    write_file(ctr / "nodefile", rewritten, 0o644)
-    timer.step("nodefile")
-
-
-def ssh_base(host_config: Path) -> List[str]:
-    return ["/usr/bin/ssh", "-F", str(host_config), "-o", "ConnectTimeout=10", "-o", "BatchMode=yes"]
-
-
-def push_container_files(host_config: Path, aliases: Sequence[str], files: Dict[str, str]) -> None:
-    """Sister containers need the job's aliases too (Open MPI tree-spawns from them, MPICH's
-    proxies resolve the launcher's name). Their files are bind-mounted, so writing through
-    the job's own SSH access (truncate + write, same inode) updates what they read.
-
-    One ssh login per sister node carries all files: the remote POSIX shell splits its
-    input by line counts (``read`` takes a pipe a byte at a time, so nothing is over-read).
-    """
-    names = list(files)
-    texts = [files[n] if files[n].endswith("\n") else files[n] + "\n" for n in names]
-    parts = []
-    for name, text in zip(names[:-1], texts[:-1]):
-        parts.append(f"i=0; while [ $i -lt {text.count(chr(10))} ] && IFS= read -r l; do "
-                     f"printf '%s\\n' \"$l\"; i=$((i+1)); done > {CTR_DIR}/{name}")
-    parts.append(f"cat > {CTR_DIR}/{names[-1]}")
-    command = "# torque-docker\n" + "; ".join(parts)      # the job's session runs it with /bin/sh
-    payload = "".join(texts)
-
-    def push(alias: str) -> Optional[str]:
-        try:
-            result = subprocess.run(ssh_base(host_config) + [alias, command],
-                                    input=payload, capture_output=True, text=True, timeout=30)
-        except subprocess.TimeoutExpired:
-            return f"{alias}: timed out"
-        return None if result.returncode == 0 else f"{alias}: {result.stderr.strip()[:200]}"
-
-    if not aliases:
-        return
-    with ThreadPoolExecutor(max_workers=min(16, len(aliases))) as pool:
-        failures = [f for f in pool.map(push, aliases) if f]
-    if failures:
-        raise NodeFault(f"cannot reach the job's containers over ssh: {'; '.join(failures)}",
-                        "check that sshd in the image works as a non-root user")

@@ -17,12 +17,12 @@ to the real container.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from cryptography.exceptions import InvalidSignature
@@ -236,66 +236,176 @@ def proves_host_key(address: str, port: int, token: str, expected_public: str, t
             q_c = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
             wire.send(bytes([MSG_KEX_ECDH_INIT]) + ssh_string(q_c))
             reply = wire.receive()
-            if reply[0] != MSG_KEX_ECDH_REPLY:
+            if not _signed_by(expected, server_version, client_kexinit, server_kexinit, ephemeral, q_c, reply):
                 return None
-            fields = _Fields(reply[1:])
-            k_s, q_s, signature = fields.string(), fields.string(), fields.string()
-            if k_s != expected:
-                return None
-            shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(q_s))
-            exchange_hash = hashlib.sha256(
-                ssh_string(CLIENT_VERSION) + ssh_string(server_version) + ssh_string(client_kexinit)
-                + ssh_string(server_kexinit) + ssh_string(k_s) + ssh_string(q_c) + ssh_string(q_s)
-                + ssh_mpint(shared)).digest()
-            sig = _Fields(signature)
-            if sig.string() != HOST_KEY_ALGORITHM.encode():
-                return None
-            key = _Fields(k_s)
-            key.string()
-            Ed25519PublicKey.from_public_bytes(key.string()).verify(sig.string(), exchange_hash)
             return banner
     except (OSError, ValueError, InvalidSignature, IndexError):
         return None
 
 
+class _AsyncWire(_Wire):
+    """The same packets over asyncio streams (the probe of many sisters at once)."""
+
+    def __init__(self, reader: "asyncio.StreamReader", deadline: float) -> None:
+        self.reader, self.deadline, self.buffer = reader, deadline, b""
+
+    async def afill(self, count: int) -> None:
+        while len(self.buffer) < count:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no answer in time")
+            chunk = await asyncio.wait_for(self.reader.read(4096), left)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            self.buffer += chunk
+
+    async def aline(self) -> bytes:
+        for _ in range(16):
+            while b"\n" not in self.buffer:
+                if len(self.buffer) > 1024:
+                    raise ValueError("no identification line")
+                await self.afill(len(self.buffer) + 1)
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            line = line.rstrip(b"\r")
+            if line.startswith(b"SSH-"):
+                return line
+        raise ValueError("no identification line")
+
+    async def areceive(self) -> bytes:
+        while True:
+            await self.afill(4)
+            length = int.from_bytes(self.buffer[:4], "big")
+            if not 5 <= length <= MAX_PACKET:
+                raise ValueError(f"bad packet length {length}")
+            await self.afill(4 + length)
+            packet, self.buffer = self.buffer[4:4 + length], self.buffer[4 + length:]
+            padding = packet[0]
+            if padding + 1 >= length:
+                raise ValueError("bad padding")
+            payload = packet[1:length - padding]
+            if payload[0] in (MSG_IGNORE, MSG_DEBUG):
+                continue
+            if payload[0] == MSG_DISCONNECT:
+                raise ConnectionError("the server disconnected")
+            return payload
+
+
+def _packet(payload: bytes) -> bytes:
+    padding = 8 - (5 + len(payload)) % 8
+    if padding < 4:
+        padding += 8
+    return (1 + len(payload) + padding).to_bytes(4, "big") + bytes([padding]) + payload + os.urandom(padding)
+
+
+def _signed_by(expected: bytes, server_version: bytes, client_kexinit: bytes, server_kexinit: bytes,
+               ephemeral: X25519PrivateKey, q_c: bytes, reply: bytes) -> bool:
+    """Did the server's ECDH reply sign this exchange with the host key blob ``expected``?"""
+    if reply[0] != MSG_KEX_ECDH_REPLY:
+        return False
+    fields = _Fields(reply[1:])
+    k_s, q_s, signature = fields.string(), fields.string(), fields.string()
+    if k_s != expected:
+        return False
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(q_s))
+    exchange_hash = hashlib.sha256(
+        ssh_string(CLIENT_VERSION) + ssh_string(server_version) + ssh_string(client_kexinit)
+        + ssh_string(server_kexinit) + ssh_string(k_s) + ssh_string(q_c) + ssh_string(q_s)
+        + ssh_mpint(shared)).digest()
+    sig = _Fields(signature)
+    if sig.string() != HOST_KEY_ALGORITHM.encode():
+        return False
+    key = _Fields(k_s)
+    key.string()
+    Ed25519PublicKey.from_public_bytes(key.string()).verify(sig.string(), exchange_hash)
+    return True
+
+
+async def aproves_host_key(address: str, port: int, token: str, expected_public: str,
+                           timeout: float = 3.0) -> Optional[str]:
+    """``proves_host_key`` on the event loop: the same checks, the same answer."""
+    deadline = time.monotonic() + timeout
+    writer = None
+    try:
+        expected = host_key_blob(expected_public)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+        wire = _AsyncWire(reader, deadline)
+        writer.write(CLIENT_VERSION + b"\r\n")
+        server_version = await wire.aline()
+        banner = server_version.decode("ascii", "replace")
+        if not banner_matches(banner, token):
+            return None
+        client_kexinit = _client_kexinit()
+        writer.write(_packet(client_kexinit))
+        server_kexinit = await wire.areceive()
+        if server_kexinit[0] != MSG_KEXINIT:
+            return None
+        fields = _Fields(server_kexinit[17:])
+        server_kex, server_host_keys = fields.names(), fields.names()
+        if HOST_KEY_ALGORITHM not in server_host_keys or not any(k in server_kex for k in KEX_ALGORITHMS):
+            return None
+        ephemeral = X25519PrivateKey.generate()
+        q_c = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        writer.write(_packet(bytes([MSG_KEX_ECDH_INIT]) + ssh_string(q_c)))
+        reply = await wire.areceive()
+        if _signed_by(expected, server_version, client_kexinit, server_kexinit, ephemeral, q_c, reply):
+            return banner
+        return None
+    except (OSError, ValueError, InvalidSignature, IndexError, asyncio.TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+# At most this many probe connections are open at once (a per-node 1,000-node job has
+# 999 sisters; the MS's file descriptors and its sisters' accept queues stay small).
+PROBE_CONCURRENCY = 256
+RETRY_PAUSE = 0.2
+
+
 def find_ports(targets: Dict[str, Tuple[str, Sequence[int], str]], deadline: float,
-               host_key: str, proof_timeout: float = 3.0) -> Dict[str, Tuple[int, str]]:
+               host_key: str, proof_timeout: float = 3.0,
+               passes: Optional[Dict[str, int]] = None) -> Dict[str, Tuple[int, str]]:
     """For each alias -> (address, candidates, container token): (the port of the job's
     container, the image id it announces).
 
     That port is the FIRST candidate, in the order the node tried them, whose banner
     carries the container's token and whose server proves it holds the job's host key
-    (``proves_host_key``); a fake answer on another candidate is passed over, wherever it
-    is. Sisters' containers were up before the MS prologue started, so one pass normally
-    finds them all; retries cover a slow node until the deadline. Returns only the found.
+    (``aproves_host_key``); a fake answer on another candidate is passed over, wherever
+    it is. The candidates of one container are tried in that order and the probe stops at
+    the first proven one: a sister took its first free candidate, so a container is
+    usually found with one connection, not one per candidate. All containers are probed
+    at once on one event loop (at most PROBE_CONCURRENCY connections open), each until
+    the one shared ``deadline``: a slow sister costs the job its own delay, once.
+    ``passes`` (when given) receives how many passes over its candidates each alias took.
+    Returns only the found.
     """
     found: Dict[str, Tuple[int, str]] = {}
+    counts = passes if passes is not None else {}
 
-    def banner_of(item: Tuple[str, str, int, str]) -> Tuple[str, int, bool]:
-        alias, address, port, token = item
-        return alias, port, banner_matches(read_banner(address, port, timeout=1.0), token)
-
-    def choose(alias: str, answering: Sequence[int]) -> Tuple[str, Optional[int], str]:
-        address, _, token = targets[alias]
-        for port in answering:                      # in candidate order: the first proven wins
-            banner = proves_host_key(address, port, token, host_key, proof_timeout)
-            if banner:
-                return alias, port, banner
-        return alias, None, ""
-
-    with ThreadPoolExecutor(max_workers=32) as pool:
+    async def one(alias: str, gate: asyncio.Semaphore) -> None:
+        address, candidates, token = targets[alias]
+        counts[alias] = 0
         while True:
-            pending = [alias for alias in targets if alias not in found]
-            work = [(alias, targets[alias][0], port, targets[alias][2]) for alias in pending
-                    for port in targets[alias][1]]
-            answering: Dict[str, List[int]] = {alias: [] for alias in pending}
-            for alias, port, matches in pool.map(banner_of, work):   # map keeps candidate order
-                if matches:
-                    answering[alias].append(port)
-            for alias, proven, banner in pool.map(lambda a: choose(a, answering[a]),
-                                                  [a for a in pending if answering[a]]):
-                if proven is not None:
-                    found[alias] = (proven, banner_image(banner))
-            if len(found) == len(targets) or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.2)
+            counts[alias] += 1
+            for port in candidates:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                async with gate:
+                    banner = await aproves_host_key(address, port, token, host_key, min(proof_timeout, left))
+                if banner:
+                    found[alias] = (port, banner_image(banner))
+                    return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(RETRY_PAUSE, left))
+
+    async def all_of() -> None:
+        gate = asyncio.Semaphore(PROBE_CONCURRENCY)
+        await asyncio.gather(*(one(alias, gate) for alias in targets))
+
+    if targets:
+        asyncio.run(all_of())
+    return found

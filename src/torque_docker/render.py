@@ -6,11 +6,15 @@ from the package; a missing variable is an error, never an empty string.
 """
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jinja2
 
+from . import plan
 from .errors import ConfigError
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -93,3 +97,62 @@ def hosts_text(entries: Iterable[Tuple[str, str]], node_hosts: Optional[str] = N
 def rewrite_nodefile(hosts: Sequence[str], slot_alias: Mapping[int, str]) -> str:
     """Torque's format (one line per slot) with each slot's container alias."""
     return "".join(f"{slot_alias[i]}\n" for i in range(len(hosts)))
+
+
+# A job with more containers than this gets its aliases in groups, one file per group,
+# each included only by ssh when the alias asked for matches the group's pattern: every
+# ssh of the job then parses a few hundred lines instead of one block per container
+# (docs/design.md, "How it works"; docs/performance.md, "Scale").
+GROUP_FROM = 64
+
+_NODE_ALIAS = re.compile(r"^(?P<head>.*-n)(?P<node>[0-9]+)$")
+_SLOT_ALIAS = re.compile(r"^(?P<head>.*-n[0-9]+-s)(?P<slot>[0-9]+)$")
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    main: str                 # the file ssh is given (-F, Include, /etc/ssh/ssh_config)
+    groups: Dict[str, str]    # file name (in group_dir) -> its Host blocks
+
+
+def ssh_group_pattern(alias: str, count: int) -> str:
+    """The ssh Host pattern of the group ``alias`` is in, for a job of ``count`` containers.
+
+    Per-process aliases (``...-n<node>-s<slot>``) are grouped by node (``...-n7-s*``);
+    per-node aliases by their node number with its last ``k`` digits as ``?`` (``...-n12?``
+    holds n120..n129), ``k`` chosen so that groups hold about sqrt(count). The patterns of
+    two groups never match the same alias of the job (``?`` is exactly one character)."""
+    slot = _SLOT_ALIAS.match(alias)
+    if slot:
+        return slot.group("head") + "*"
+    node = _NODE_ALIAS.match(alias)
+    if not node:
+        return alias
+    digits = node.group("node")
+    k = max(1, int(math.log10(max(count, 1)) / 2))
+    k = min(k, len(digits))
+    return node.group("head") + digits[:len(digits) - k] + "?" * k
+
+
+def ssh_config(jobid: str, user: str, containers: Sequence[Mapping[str, Any]], identity_file: str,
+               known_hosts: str, group_dir: str, template_dir: Optional[str] = None) -> SshConfig:
+    """The job's SSH config: one ``Host alias`` block (HostName, Port) per container, then
+    one block for every alias of the job with what they share (user, key, strict host key
+    checking against the job's known_hosts under one HostKeyAlias: all containers of a job
+    have the same host key). Above GROUP_FROM containers the per-container blocks go into
+    group files under ``group_dir``, which the main file includes per group pattern."""
+    common = dict(jobid=jobid, user=user, identity_file=identity_file, known_hosts=known_hosts,
+                  alias_pattern=plan.alias_pattern(jobid), host_key_alias=plan.alias_for(jobid, 0))
+    if len(containers) <= GROUP_FROM:
+        return SshConfig(render("ssh_config.j2", template_dir, containers=list(containers), buckets=[], **common), {})
+    grouped: Dict[str, List[Mapping[str, Any]]] = {}
+    for c in containers:
+        grouped.setdefault(ssh_group_pattern(str(c["alias"]), len(containers)), []).append(c)
+    groups: Dict[str, str] = {}
+    buckets = []
+    for n, (pattern, members) in enumerate(grouped.items()):
+        name = f"{n}.conf"
+        groups[name] = "".join(f"Host {c['alias']}\n    HostName {c['address']}\n    Port {c['port']}\n"
+                               for c in members)
+        buckets.append({"pattern": pattern, "path": f"{group_dir.rstrip('/')}/{name}"})
+    return SshConfig(render("ssh_config.j2", template_dir, containers=[], buckets=buckets, **common), groups)

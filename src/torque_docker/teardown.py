@@ -73,6 +73,7 @@ def teardown(cfg: Config, jobid: str, *, runtime: Optional["Runtime"] = None, no
     step("ports", lambda: state.release_ports(jobid))
     step("cores", lambda: state.release_cores(jobid))
     step("ssh config", lambda: _unlink(Path(cfg.ssh_include_dir) / f"{safe_jobid(jobid)}.conf"))
+    step("ssh groups", lambda: remove_host_groups(Path(cfg.ssh_include_dir), jobid))
     if nodefile is not None:
         pbs_nodefile = Path(nodefile)
         step("nodefile", lambda: _restore_nodefile(state, jobid, pbs_nodefile))
@@ -114,6 +115,18 @@ def _try(fn: Callable[[str], T], arg: str) -> Union[T, Exception]:
         return fn(arg)
     except Exception as exc:
         return exc
+
+
+def host_group_dir(include_dir: Path, jobid: str) -> Path:
+    """The host's group files of a large job's SSH config (render.ssh_config): beside it, in
+    a directory that the drop-in's ``Include <include_dir>/*.conf`` does not read."""
+    return include_dir / f"{safe_jobid(jobid)}.d"
+
+
+def remove_host_groups(include_dir: Path, jobid: str) -> None:
+    folder = host_group_dir(include_dir, jobid)
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder)
 
 
 def _unlink(path: Path) -> None:

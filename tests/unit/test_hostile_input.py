@@ -425,14 +425,15 @@ def test_ssh_config_has_exactly_the_directives_of_each_alias(jobid, user, contai
     """What reaches ssh_config (every user's ssh reads it through the Include drop-in): the
     server's job id, an NSS user name, aliases made from any text, resolved addresses."""
     ctr = Path("/var/lib/torque-docker/jobs") / torque.safe_jobid(jobid) / "ctr"
-    ordered = [{"alias": plan.alias_for(j, n, s), "address": a, "port": p} for j, n, s, a, p in containers]
-    text = render.render("ssh_config.j2", None, jobid=jobid, user=user, containers=ordered,
-                         identity_file=str(ctr / "id_ed25519"), known_hosts=str(ctr / "known_hosts"))
+    ordered = [{"alias": plan.alias_for(jobid, n, s), "address": a, "port": p} for _, n, s, a, p in containers]
+    text = render.ssh_config(jobid, user, ordered, identity_file=str(ctr / "id_ed25519"),
+                             known_hosts=str(ctr / "known_hosts"), group_dir=str(ctr / "ssh.d")).main
     found = directives(text)
     hosts = [args for keyword, args in found if keyword == "Host"]
-    assert hosts == [[c["alias"]] for c in ordered]
+    pattern = plan.alias_pattern(jobid)
+    assert hosts == [[c["alias"]] for c in ordered] + [[pattern, f"!{pattern}-n*"]]
     assert {keyword for keyword, _ in found} <= SSH_KEYWORDS | {"Host"}
-    assert len(found) == len(ordered) * (len(SSH_KEYWORDS) + 1)
+    assert len(found) == len(ordered) * 3 + len(SSH_KEYWORDS) - 1
     assert all(args == [user] for keyword, args in found if keyword == "User")
 
 
@@ -474,9 +475,9 @@ def test_hardening_jobid_and_user_cannot_inject_config_lines(jobid, user):
     ssh_config (read by EVERY user's ssh via the Include drop-in) and sshd_config, and into
     passwd/group; a newline would add directives (ProxyCommand). Refuse ids not matching
     NUM[IDX].server and users with whitespace or ':' in torque.context_from"""
-    ssh = render.render("ssh_config.j2", None, jobid=jobid, user=user, identity_file="/k", known_hosts="/h",
-                        containers=[{"alias": "td-1-srv-n0", "address": "10.0.0.1", "port": 40000}])
-    assert len(directives(ssh)) == len(SSH_KEYWORDS) + 1
+    ssh = render.ssh_config(jobid, user, [{"alias": "td-1-srv-n0", "address": "10.0.0.1", "port": 40000}],
+                            identity_file="/k", known_hosts="/h", group_dir="/g").main
+    assert len(directives(ssh)) == len(SSH_KEYWORDS) + 1 + 1
     assert [args for keyword, args in directives(ssh) if keyword == "User"] == [[user]]
     sshd = render.render("sshd_config.j2", None, jobid=jobid, user=user, ctr_dir="/run/torque-docker",
                          token="ab" * 8, log_level="ERROR")

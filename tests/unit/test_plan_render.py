@@ -75,12 +75,13 @@ def test_parse_nodes_spec():
 
 
 def test_ssh_config_matches_expected_file():
-    text = render.render("ssh_config.j2", None, jobid="42.srv", user="alice",
-                         identity_file="/state/jobs/42.srv/ctr/id_ed25519",
-                         known_hosts="/state/jobs/42.srv/ctr/known_hosts",
-                         containers=[dict(alias="td-42-srv-n0", address="10.0.0.1", port=40001),
-                                     dict(alias="td-42-srv-n1", address="10.0.0.2", port=40002)])
-    assert text == (DATA / "expected" / "two-by-two.ssh_config").read_text()
+    config = render.ssh_config("42.srv", "alice",
+                               [dict(alias="td-42-srv-n0", address="10.0.0.1", port=40001),
+                                dict(alias="td-42-srv-n1", address="10.0.0.2", port=40002)],
+                               identity_file="/state/jobs/42.srv/ctr/id_ed25519",
+                               known_hosts="/state/jobs/42.srv/ctr/known_hosts", group_dir="/g")
+    assert config.main == (DATA / "expected" / "two-by-two.ssh_config").read_text()
+    assert config.groups == {}
 
 
 def test_sshd_config_has_what_a_non_root_sshd_needs():
