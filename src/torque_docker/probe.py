@@ -185,20 +185,33 @@ class _Wire:
         """The next payload that is not IGNORE or DEBUG."""
         while True:
             self._fill(4)
-            length = int.from_bytes(self.buffer[:4], "big")
-            if not 5 <= length <= MAX_PACKET:
-                raise ValueError(f"bad packet length {length}")
-            self._fill(4 + length)
-            packet, self.buffer = self.buffer[4:4 + length], self.buffer[4 + length:]
-            padding = packet[0]
-            if padding + 1 >= length:
-                raise ValueError("bad padding")
-            payload = packet[1:length - padding]
-            if payload[0] in (MSG_IGNORE, MSG_DEBUG):
-                continue
-            if payload[0] == MSG_DISCONNECT:
-                raise ConnectionError("the server disconnected")
-            return payload
+            self._fill(_frame_size(self.buffer))
+            payload, self.buffer = _unframe(self.buffer)
+            if payload is not None:
+                return payload
+
+
+def _frame_size(buffer: bytes) -> int:
+    """Bytes of the binary packet (RFC 4253 6) that starts the buffer, length field included."""
+    length = int.from_bytes(buffer[:4], "big")
+    if not 5 <= length <= MAX_PACKET:
+        raise ValueError(f"bad packet length {length}")
+    return 4 + length
+
+
+def _unframe(buffer: bytes) -> "Tuple[Optional[bytes], bytes]":
+    """(the first packet's payload, or None for IGNORE/DEBUG, what follows it)."""
+    size = _frame_size(buffer)
+    packet, rest = buffer[4:size], buffer[size:]
+    padding = packet[0]
+    if padding + 1 >= len(packet):
+        raise ValueError("bad padding")
+    payload = packet[1:len(packet) - padding]
+    if payload[0] in (MSG_IGNORE, MSG_DEBUG):
+        return None, rest
+    if payload[0] == MSG_DISCONNECT:
+        raise ConnectionError("the server disconnected")
+    return payload, rest
 
 
 def _client_kexinit() -> bytes:
@@ -274,20 +287,10 @@ class _AsyncWire(_Wire):
     async def areceive(self) -> bytes:
         while True:
             await self.afill(4)
-            length = int.from_bytes(self.buffer[:4], "big")
-            if not 5 <= length <= MAX_PACKET:
-                raise ValueError(f"bad packet length {length}")
-            await self.afill(4 + length)
-            packet, self.buffer = self.buffer[4:4 + length], self.buffer[4 + length:]
-            padding = packet[0]
-            if padding + 1 >= length:
-                raise ValueError("bad padding")
-            payload = packet[1:length - padding]
-            if payload[0] in (MSG_IGNORE, MSG_DEBUG):
-                continue
-            if payload[0] == MSG_DISCONNECT:
-                raise ConnectionError("the server disconnected")
-            return payload
+            await self.afill(_frame_size(self.buffer))
+            payload, self.buffer = _unframe(self.buffer)
+            if payload is not None:
+                return payload
 
 
 def _packet(payload: bytes) -> bytes:
