@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Tuple
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -120,6 +117,9 @@ class KeyPair:
 
 
 def _keypair(seed: bytes, comment: str) -> KeyPair:
+    # Imported here: only the prologues make keys, and cryptography costs a hook ~20 ms.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     key = Ed25519PrivateKey.from_private_bytes(seed)
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())

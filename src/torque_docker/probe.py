@@ -25,11 +25,6 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from .errors import ContainerFault
 
 
@@ -213,6 +208,11 @@ def proves_host_key(address: str, port: int, token: str, expected_public: str, t
 
     Returns the banner when all holds, None otherwise (wrong or no key, bad signature,
     no common algorithm, not SSH, no answer within ``timeout``)."""
+    # Imported here: only the mother superior proves keys, and a hook pays ~20 ms for it.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     deadline = time.monotonic() + timeout
     try:
         expected = host_key_blob(expected_public)

@@ -356,7 +356,7 @@ def test_the_hooks_path_does_not_import_the_docker_sdk(daemon, runtime):
             "from torque_docker import cli, config, lifecycle, torque, sweep, state, runtime\n"
             f"r = runtime.Runtime('unix://{daemon.path}', 5)\n"
             "r.containers(jobid='1.s'); r.remove('x'); r.state('x')\n"
-            "heavy = [m for m in ('docker', 'requests', 'urllib3', 'jinja2') if m in sys.modules]\n"
+            "heavy = [m for m in ('docker', 'requests', 'urllib3', 'jinja2', 'cryptography') if m in sys.modules]\n"
             "print(','.join(heavy))\n")
     daemon.routes[("GET", "/containers/json")] = ok_json([])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
