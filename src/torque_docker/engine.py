@@ -2,8 +2,8 @@
 
 Why not the Docker SDK: every hook is a fresh interpreter, and importing the SDK (requests,
 urllib3, chardet, its credential helpers) cost 0.2-0.45 s of every hook's run here, more
-than the floor itself (docs/performance.md). The hooks need a dozen JSON calls, which the
-standard library's http.client makes in a few milliseconds. The SDK stays for what
+than the floor itself (docs/performance.md). The hooks need a dozen JSON calls, which a
+socket and a few lines of HTTP/1.1 make in a few milliseconds. The SDK stays for what
 streams or authenticates (pull, load, tag, the admin's update and check): runtime.py
 imports it only there.
 
@@ -25,10 +25,6 @@ import socket
 import struct
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple
-
-# http.client is imported by UnixTransport.request: a hook that never talks to Docker (a
-# job without an image) does not pay for it.
-
 
 class EngineError(Exception):
     """Docker answered, but not with success: ``status`` and Docker's own ``message``."""
@@ -77,7 +73,13 @@ def quote(value: str) -> str:
 
 
 class UnixTransport:
-    """HTTP/1.1 over the daemon's unix socket, one connection per request."""
+    """HTTP/1.1 over the daemon's unix socket, one connection per request ("Connection:
+    close"). Written on the socket directly, not with http.client: that module's imports
+    (email parsing, ssl) cost every hook ~10 ms, and Docker's answers need only a status
+    line, headers, and a body delimited by Content-Length, chunks or the end of the
+    connection."""
+
+    MAX_LINE = 1 << 16          # a status or header line longer than this is not Docker's
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
@@ -87,36 +89,84 @@ class UnixTransport:
                 body: Optional[bytes] = None, headers: Optional[Mapping[str, str]] = None,
                 limit: Optional[int] = None) -> Response:
         """``limit``: read at most that many bytes of the body (the rest is not wanted)."""
-        import http.client
-
         url = path + ("?" + urllib.parse.urlencode(params) if params else "")
+        lines = [f"{method} {url} HTTP/1.1", "Host: docker", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if body is not None:
+            if not any(k.lower() == "content-type" for k in (headers or {})):
+                lines.append("Content-Type: application/json")
+            lines.append(f"Content-Length: {len(body)}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
         try:
             try:
                 sock.connect(self.path)
             except OSError as exc:
                 raise Unreachable(f"cannot connect to the Docker daemon at unix://{self.path}: "
                                   f"{exc.strerror or exc}") from None
-            conn.sock = sock
-            all_headers = {"Host": "docker", **(headers or {})}
-            if body is not None:
-                all_headers.setdefault("Content-Type", "application/json")
             try:
-                conn.request(method, url, body=body, headers=all_headers)
-                answer = conn.getresponse()
-                data = b"" if method == "HEAD" else (answer.read(limit) if limit is not None else answer.read())
+                sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b""))
+                with sock.makefile("rb") as reader:
+                    return self._read(reader, method, limit)
             except socket.timeout:
                 raise Unreachable(f"the Docker daemon at unix://{self.path} did not answer {method} {path} "
                                   f"within {self.timeout:.0f} s") from None
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError) as exc:
                 raise Unreachable(f"the Docker daemon at unix://{self.path} broke off {method} {path}: "
-                                  f"{exc!r}") from None
-            return Response(answer.status, data, dict(answer.getheaders()))
+                                  f"{exc}") from None
         finally:
-            conn.close()
             sock.close()
+
+    def _line(self, reader) -> bytes:
+        line = reader.readline(self.MAX_LINE + 1)
+        if len(line) > self.MAX_LINE:
+            raise ValueError("an answer line longer than 64 KiB")
+        if not line:
+            raise ValueError("the connection closed in the middle of the answer")
+        return line.rstrip(b"\r\n")
+
+    def _read(self, reader, method: str, limit: Optional[int]) -> Response:
+        status_line = self._line(reader)
+        words = status_line.split(None, 2)
+        if len(words) < 2 or not words[0].startswith(b"HTTP/1.") or not words[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {status_line[:60]!r}")
+        status = int(words[1])
+        headers: Dict[str, str] = {}
+        while True:
+            line = self._line(reader)
+            if not line:
+                break
+            name, sep, value = line.decode("latin-1").partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        cap = limit if limit is not None else -1
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            data = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            parts: List[bytes] = []
+            got = 0
+            while cap < 0 or got < cap:
+                size = int(self._line(reader).split(b";")[0].strip() or b"x", 16)
+                if size == 0:
+                    break
+                chunk = reader.read(size)
+                if len(chunk) < size:
+                    raise ValueError("the connection closed in the middle of a chunk")
+                parts.append(chunk)
+                got += size
+                if reader.read(2) != b"\r\n":
+                    raise ValueError("a chunk without its line end")
+            data = b"".join(parts)
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            data = reader.read(length if cap < 0 else min(length, cap))
+            if len(data) < (length if cap < 0 else min(length, cap)):
+                raise ValueError("the connection closed before the answer's end")
+        else:
+            data = reader.read() if cap < 0 else reader.read(cap)
+        if cap >= 0:
+            data = data[:cap]
+        return Response(status, data, headers)
 
 
 class SDKTransport:

@@ -198,6 +198,67 @@ def test_a_daemon_that_speaks_no_http_is_unreachable(tmp_path):
         listener.close()
 
 
+def raw_daemon(tmp_path, answer: bytes) -> socket.socket:
+    """A daemon that answers every connection with ``answer`` verbatim, then closes it."""
+    path = tmp_path / "raw.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_a_body_that_ends_with_the_connection_is_read(tmp_path):
+    listener = raw_daemon(tmp_path, b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"a": [1, 2]}')
+    try:
+        answer = engine.UnixTransport(str(tmp_path / "raw.sock"), 5).request("GET", "/x")
+        assert answer.status == 200 and answer.json() == {"a": [1, 2]}
+        assert answer.headers["content-type"] == "application/json"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\na\r\nabcdefghij\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\n0123456789abcdefghij",
+])
+def test_a_limit_reads_no_more_of_the_body(tmp_path, answer):
+    listener = raw_daemon(tmp_path, answer)
+    try:
+        transport = engine.UnixTransport(str(tmp_path / "raw.sock"), 5)
+        assert transport.request("GET", "/x", limit=12).body == b"0123456789ab"
+        assert transport.request("GET", "/x").body == b"0123456789abcdefghij"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort",                     # cut off
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",             # not a chunk size
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",                 # a header without end
+    b"",                                                                           # closed at once
+])
+def test_a_broken_answer_is_unreachable_not_a_crash(tmp_path, answer):
+    listener = raw_daemon(tmp_path, answer)
+    try:
+        with pytest.raises(engine.Unreachable):
+            engine.UnixTransport(str(tmp_path / "raw.sock"), 5).request("GET", "/x")
+    finally:
+        listener.close()
+
+
 # ----------------------------------------------------------------------------- Runtime over it
 def test_gone_containers_and_images_are_answers_not_errors(daemon, runtime):
     for method, path in (("GET", "/containers/x/json"), ("DELETE", "/containers/x"), ("GET", "/images/lab/y:1/json")):
@@ -356,7 +417,7 @@ def test_the_hooks_path_does_not_import_the_docker_sdk(daemon, runtime):
             "from torque_docker import cli, config, lifecycle, torque, sweep, state, runtime\n"
             f"r = runtime.Runtime('unix://{daemon.path}', 5)\n"
             "r.containers(jobid='1.s'); r.remove('x'); r.state('x')\n"
-            "heavy = [m for m in ('docker', 'requests', 'urllib3', 'jinja2', 'cryptography') if m in sys.modules]\n"
+            "heavy = [m for m in ('docker', 'requests', 'urllib3', 'jinja2', 'cryptography', 'http.client') if m in sys.modules]\n"
             "print(','.join(heavy))\n")
     daemon.routes[("GET", "/containers/json")] = ok_json([])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
