@@ -69,7 +69,7 @@ class FakeDaemon:
                     return
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command != "HEAD" and payload:
                     self.wfile.write(payload)
 
             do_GET = do_POST = do_DELETE = do_HEAD = handle_any
@@ -422,3 +422,24 @@ def test_the_hooks_path_does_not_import_the_docker_sdk(daemon, runtime):
     daemon.routes[("GET", "/containers/json")] = ok_json([])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def test_other_endpoints_go_through_the_sdks_session(daemon):
+    """tcp:// and ssh:// addresses use the SDK's own HTTP session (TLS, ssh); the same calls
+    and answers, here over the SDK's unix adapter against the fake daemon."""
+    daemon.routes[("GET", "/version")] = ok_json({"ApiVersion": "1.41", "Version": "20.10"})
+    daemon.routes[("GET", "/v1.41/containers/c/json")] = ok_json({"State": {"Status": "exited", "ExitCode": 3}})
+    daemon.routes[("DELETE", "/v1.41/containers/gone")] = ok_json({"message": "No such container: gone"}, 404)
+    transport = engine.SDKTransport(f"unix://{daemon.path}", 5)
+    api = engine.Engine("tcp://unused", 5)
+    api._transport = transport
+    runtime = Runtime("tcp://unused", 5)
+    runtime.engine = api
+    assert runtime.state("c") == ("exited", 3)
+    assert runtime.remove("gone") is False
+    assert [r["path"] for r in daemon.seen][-2:] == ["/v1.41/containers/c/json", "/v1.41/containers/gone"]
+
+
+def test_no_daemon_behind_another_endpoint_is_unreachable(tmp_path):
+    with pytest.raises(engine.Unreachable):
+        engine.SDKTransport(f"unix://{tmp_path}/missing.sock", 2)
