@@ -226,9 +226,9 @@ def profile(site: BenchSite) -> Dict[str, float]:
     """Fixed costs every hook pays before its first timed step, and some inside the steps."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": site.pythonpath}
     py = ["/usr/bin/python3", "-s", "-c"]
-    # As the installed hooks start: -S, and the package's directories named (admin.package_dirs).
-    from torque_docker import admin
-    hook = ["/usr/bin/python3", "-S", "-c", f"import sys; sys.path += {admin.package_dirs('/usr/bin/python3')!r}\n"]
+    # As the installed hooks start: -S, and the package's directories named (install.package_dirs).
+    from torque_docker import install
+    hook = ["/usr/bin/python3", "-S", "-c", f"import sys; sys.path += {install.package_dirs('/usr/bin/python3')!r}\n"]
     epilogue_set = "from torque_docker import cli, config, lifecycle, torque, log, state, engine\n"
     out = {
         "hook_python_start": _median_time(hook[:3] + ["pass"], env=env),
