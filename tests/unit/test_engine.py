@@ -443,3 +443,27 @@ def test_other_endpoints_go_through_the_sdks_session(daemon):
 def test_no_daemon_behind_another_endpoint_is_unreachable(tmp_path):
     with pytest.raises(engine.Unreachable):
         engine.SDKTransport(f"unix://{tmp_path}/missing.sock", 2)
+
+
+def test_an_epilogue_loads_neither_the_sdk_nor_the_set_ups_modules(daemon, tmp_path):
+    """A whole epilogue (the sister's: nothing of this job left) against the fake daemon:
+    its removal asks Docker, and nothing heavier than it needs is imported."""
+    import subprocess
+    import sys
+    conf = tmp_path / "td.conf"
+    conf.write_text(f"[docker]\nendpoint = unix://{daemon.path}\n[paths]\nstate_dir = {tmp_path}/state\n"
+                    f"[ssh]\ninclude_dir = {tmp_path}/ssh\n[log]\ndestination = none\n[network]\nnode_name = n1\n")
+    daemon.routes[("GET", "/containers/json")] = ok_json([])
+    code = ("import sys\nfrom torque_docker.cli import run_hook\n"
+            "rc = run_hook('epilogue.parallel', ['epilogue.parallel', '7.s', 'u', 'u', 'job', '1', "
+            "'other=image=lab/x:1,walltime=00:01:00', 'cput=0', 'batch', '0', ''])\n"
+            "heavy = [m for m in ('docker', 'requests', 'jinja2', 'cryptography', 'http.client',"
+            " 'torque_docker.lifecycle', 'torque_docker.keys') if m in sys.modules]\n"
+            "print(rc, ','.join(heavy))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "TORQUE_DOCKER_CONF": str(conf),
+                               "PYTHONPATH": str(Path(engine.__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+    assert [r["path"] for r in daemon.seen] == ["/containers/json"]
+    assert json.loads(daemon.seen[0]["query"]["filters"])["label"] == ["torque-docker.job=7.s", "torque-docker.host=n1"]
