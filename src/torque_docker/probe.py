@@ -23,9 +23,12 @@ import hashlib
 import os
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ContainerFault
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 
 class SshdExited(ContainerFault):
@@ -218,8 +221,7 @@ def proves_host_key(address: str, port: int, token: str, expected_public: str, t
     no common algorithm, not SSH, no answer within ``timeout``)."""
     # Imported here: only the mother superior proves keys, and a hook pays ~20 ms for it.
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     deadline = time.monotonic() + timeout
     try:
@@ -306,8 +308,10 @@ def _packet(payload: bytes) -> bytes:
 
 
 def _signed_by(expected: bytes, server_version: bytes, client_kexinit: bytes, server_kexinit: bytes,
-               ephemeral: X25519PrivateKey, q_c: bytes, reply: bytes) -> bool:
+               ephemeral: "X25519PrivateKey", q_c: bytes, reply: bytes) -> bool:
     """Did the server's ECDH reply sign this exchange with the host key blob ``expected``?"""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
     if reply[0] != MSG_KEX_ECDH_REPLY:
         return False
     fields = _Fields(reply[1:])
@@ -331,6 +335,10 @@ def _signed_by(expected: bytes, server_version: bytes, client_kexinit: bytes, se
 async def aproves_host_key(address: str, port: int, token: str, expected_public: str,
                            timeout: float = 3.0) -> Optional[str]:
     """``proves_host_key`` on the event loop: the same checks, the same answer."""
+    # Imported here: only the mother superior proves keys, and a hook pays ~20 ms for it.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     deadline = time.monotonic() + timeout
     writer = None
     try:
