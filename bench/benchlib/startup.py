@@ -226,7 +226,16 @@ def profile(site: BenchSite) -> Dict[str, float]:
     """Fixed costs every hook pays before its first timed step, and some inside the steps."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": site.pythonpath}
     py = ["/usr/bin/python3", "-s", "-c"]
+    # As the installed hooks start: -S, and the package's directories named (install.package_dirs).
+    from torque_docker import install
+    hook = ["/usr/bin/python3", "-S", "-c", f"import sys; sys.path += {install.package_dirs('/usr/bin/python3')!r}\n"]
+    epilogue_set = "from torque_docker import cli, config, lifecycle, torque, log, state, engine\n"
     out = {
+        "hook_python_start": _median_time(hook[:3] + ["pass"], env=env),
+        "hook_imports_epilogue": _median_time(hook[:3] + [hook[3] + epilogue_set], env=env),
+        "hook_imports_prologue": _median_time(hook[:3] + [hook[3] + epilogue_set + (
+            "from torque_docker import sweep, render, keys\nimport jinja2\n"
+            "keys.JobSecrets.derive(bytes(32), keys.JobIdentity('1.x', 'u', 'g', 'n'))\n")], env=env),
         "python_start": _median_time(py + ["pass"], env=env),
         "import_cli": _median_time(py + ["import torque_docker.cli"], env=env),
         "import_lifecycle": _median_time(py + ["import torque_docker.lifecycle"], env=env),

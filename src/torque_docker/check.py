@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import keys
 from .config import Config, config_path
 from .errors import TorqueDockerError
-from .install import HOOKS, PACKAGE_HOOKS, _hook_text, is_ours, runs_starter_as_root
+from .install import HOOKS, PACKAGE_HOOKS, PATH_LINE_MARK, _hook_text, is_ours, runs_starter_as_root
 from .torque import MomConfig
 
 SSH_CONFIG = "/etc/ssh/ssh_config"
@@ -62,15 +62,28 @@ def interpreter(path: Path) -> Tuple[str, List[str]]:
     return (words[0], words[1:]) if words else ("", [])
 
 
-def imports_package(python: str, args: List[str], module: str, uid: Optional[int] = None) -> Optional[str]:
-    """Can ``python`` import ``module`` the way pbs_mom (or a job user, given uid) runs it?"""
+def path_prelude(path: Path) -> str:
+    """The hook's line that names the package's directories (it runs Python with -S), to run
+    before the import that is checked."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    found = [line for line in lines if line.rstrip().endswith(PATH_LINE_MARK)]
+    return f"import sys\n{found[0]}\n" if found else ""
+
+
+def imports_package(python: str, args: List[str], module: str, uid: Optional[int] = None,
+                    prelude: str = "") -> Optional[str]:
+    """Can ``python`` import ``module`` the way pbs_mom (or a job user, given uid) runs it?
+    ``prelude``: the script's own lines that run before its import (its module path)."""
     if not python:
         return "has no #! line"
     if not os.access(python, os.X_OK):
         return f"its interpreter {python} is missing or not executable"
     kwargs: Dict[str, Any] = {} if uid is None else dict(user=uid, group=uid, extra_groups=[])
     try:
-        result = subprocess.run([python, *args, "-c", f"import {module}"], capture_output=True, text=True,
+        result = subprocess.run([python, *args, "-c", f"{prelude}import {module}"], capture_output=True, text=True,
                                 timeout=60, cwd="/", env={"PATH": "/bin:/usr/bin"}, stdin=subprocess.DEVNULL,
                                 **kwargs)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -158,12 +171,13 @@ def run_checks(cfg: Optional[Config], pbs_home: str, *, config_error: Optional[s
             if problem:
                 return f"{problem} (run 'torque-docker install --mom-priv {mom_priv}')"
             python, args = interpreter(path)
-            problem = imports_package(python, args, "torque_docker.cli")
+            problem = imports_package(python, args, "torque_docker.cli", prelude=path_prelude(path))
             if problem:
                 return problem if is_ours(path) else f"not torque-docker's hook ({problem})"
             if not is_ours(path):
                 raise Warn("not torque-docker's hook: it must call torque_docker's run_hook itself")
-            if path.read_text() != _hook_text(PACKAGE_HOOKS / hook, python):
+            if path.read_text() not in (_hook_text(PACKAGE_HOOKS / hook, python),
+                                        _hook_text(PACKAGE_HOOKS / hook, python, site=True)):
                 raise Warn("differs from the shipped hook: rerun 'torque-docker install' after an upgrade")
             return None
         check(f"hook {path}", hook_check, needs_config=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import List, Optional, Sequence
 
 from .errors import NotOurs, TorqueDockerError, is_node_fault
@@ -74,6 +73,7 @@ def run_hook(kind: str, argv: Sequence[str]) -> int:
             _say(f"job {jobid}: {exc}")
     except Exception as exc:  # a bug: say so in one line, keep the trace for the admin
         error = exc
+        import traceback      # here: its imports cost every hook ~10 ms
         hook.log.error(jobid, f"{kind}: internal error: {exc!r}{_sister_note(kind, exc)}\n{traceback.format_exc()}")
         _say(f"job {jobid}: internal error in {kind}: {exc!r}; please report it to the admin")
     if kind == "prologue" and error is not None:

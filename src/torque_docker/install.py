@@ -5,10 +5,12 @@ writes (check.py, submitadmin.py), none of which import each other for it.
 """
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from . import config as config_mod
 from . import render
@@ -21,12 +23,52 @@ STARTER_NAME = "torque-docker-starter"     # its name in mom_priv
 PACKAGE_HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
-def _hook_text(source: Path, python: str) -> str:
-    """The shipped hook with its interpreter line pointed at the Python that has the package."""
+PATH_LINE_MARK = "# torque-docker: package directories"
+
+
+def _hook_text(source: Path, python: str, site: bool = False) -> str:
+    """The shipped hook with its interpreter line pointed at the Python that has the package.
+
+    The four mom_priv hooks run that Python with -S (no site module: its .pth files cost
+    every job's start tens of ms) and name the directories its site module would have added
+    (package_dirs); the job starter keeps the site module (-s). ``site``: the form the RPM
+    ships in libexec (-s, no directories named), which works too, only slower."""
     lines = source.read_text().splitlines(keepends=True)
+    fast = bool(lines) and lines[0].split()[1:] == ["-S"] and not site
     if lines and lines[0].startswith("#!"):
-        lines[0] = f"#!{python} -s\n"
+        lines[0] = f"#!{python} {'-S' if fast else '-s'}\n"
+    if fast:
+        lines = [f"sys.path += {package_dirs(python)!r}  {PATH_LINE_MARK}\n"
+                 if line.rstrip().endswith(PATH_LINE_MARK) else line for line in lines]
     return "".join(lines)
+
+
+_package_dirs: Dict[str, List[str]] = {}
+
+
+def package_dirs(python: str) -> List[str]:
+    """What ``python -s`` has on its module path beyond ``python -S``: the site-packages
+    directories and what their .pth files add (the package itself, when installed
+    editable), in the site module's order. Asked of that interpreter, without the
+    caller's PYTHONPATH."""
+    if python not in _package_dirs:
+        code = "import json, sys; print(json.dumps(sys.path))"
+
+        def module_path(flag: str) -> List[str]:
+            try:
+                done = subprocess.run([python, flag, "-c", code], capture_output=True, text=True, timeout=60,
+                                      cwd="/", env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL)
+                return [str(p) for p in json.loads(done.stdout)] if done.returncode == 0 else []
+            except (OSError, subprocess.SubprocessError, ValueError):
+                return []
+
+        bare = set(module_path("-S"))
+        found = [p for p in dict.fromkeys(module_path("-s")) if p and p not in bare]
+        if not found:
+            raise ConfigError(f"{python} does not say where its packages are ('{python} -s -c \"import sys; "
+                              f"print(sys.path)\"' failed)", "give --python the interpreter that has torque_docker")
+        _package_dirs[python] = found
+    return _package_dirs[python]
 
 
 def install(mom_priv: str, *, python: str = sys.executable, job_starter: bool = True,

@@ -19,16 +19,14 @@ spell the same message.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Tuple
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -120,11 +118,82 @@ class KeyPair:
 
 
 def _keypair(seed: bytes, comment: str) -> KeyPair:
-    key = Ed25519PrivateKey.from_private_bytes(seed)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return KeyPair(private, f"{public.decode()} {comment}")
+    """The Ed25519 key pair of a 32-byte seed, as OpenSSH writes it (what cryptography's
+    OpenSSH serialization gives, byte for byte but for the random check word)."""
+    public = ed25519_public(seed)
+    blob = _ssh_string(b"ssh-ed25519") + _ssh_string(public)
+    return KeyPair(openssh_private(seed, public), f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}")
+
+
+#: OpenSSL's NID_ED25519 (EVP_PKEY_ED25519), fixed in its object registry (obj_mac.h).
+EVP_PKEY_ED25519 = 1087
+_libcrypto_cache: List[Any] = []
+
+
+def _libcrypto() -> Any:
+    """OpenSSL's libcrypto with the three calls ed25519_public needs, or None. Python's
+    hashlib has already loaded it; opening it again by name costs nothing."""
+    if not _libcrypto_cache:
+        import ctypes
+        found = None
+        for name in ("libcrypto.so.3", "libcrypto.so.1.1"):
+            try:
+                lib = ctypes.CDLL(name)
+                new, get, free = lib.EVP_PKEY_new_raw_private_key, lib.EVP_PKEY_get_raw_public_key, lib.EVP_PKEY_free
+            except (OSError, AttributeError):
+                continue
+            new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            new.restype = ctypes.c_void_p
+            get.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)]
+            get.restype = ctypes.c_int
+            free.argtypes = [ctypes.c_void_p]
+            free.restype = None
+            found = lib
+            break
+        _libcrypto_cache.append(found)
+    return _libcrypto_cache[0]
+
+
+def ed25519_public(seed: bytes) -> bytes:
+    """The Ed25519 public key of ``seed``, computed by OpenSSL (EVP_PKEY_new_raw_private_key,
+    the same code cryptography calls) through ctypes: importing cryptography's OpenSSL
+    backend costs every prologue 20-35 ms, the call itself microseconds. Where libcrypto
+    cannot be used so, cryptography computes it."""
+    if len(seed) != 32:
+        raise ValueError("an Ed25519 seed is 32 bytes")
+    lib = _libcrypto()
+    if lib is not None:
+        import ctypes
+        pkey = lib.EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, None, seed, len(seed))
+        if pkey:
+            try:
+                out, size = ctypes.create_string_buffer(32), ctypes.c_size_t(32)
+                if lib.EVP_PKEY_get_raw_public_key(pkey, out, ctypes.byref(size)) == 1 and size.value == 32:
+                    return out.raw
+            finally:
+                lib.EVP_PKEY_free(pkey)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def openssh_private(seed: bytes, public: bytes, check: Optional[bytes] = None) -> bytes:
+    """An unencrypted OpenSSH private key file (PROTOCOL.key in OpenSSH's source): the magic,
+    cipher and kdf "none", one public key, then the private section (a check word twice,
+    the key, an empty comment, padding 1, 2, 3, ... to 8 bytes), base64 in 76-column lines,
+    exactly as cryptography writes it."""
+    kind = b"ssh-ed25519"
+    check = os.urandom(4) if check is None else check
+    private = (check + check + _ssh_string(kind) + _ssh_string(public) + _ssh_string(seed + public)
+               + _ssh_string(b""))
+    private += bytes(range(1, 1 + 8 - len(private) % 8))
+    body = (b"openssh-key-v1\0" + _ssh_string(b"none") + _ssh_string(b"none") + _ssh_string(b"")
+            + (1).to_bytes(4, "big") + _ssh_string(_ssh_string(kind) + _ssh_string(public)) + _ssh_string(private))
+    return b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + base64.encodebytes(body) + b"-----END OPENSSH PRIVATE KEY-----\n"
 
 
 @dataclass(frozen=True)

@@ -237,16 +237,6 @@ def record_refusal(cfg: Config, jobid: str, user_name: str, text: str, refusal_f
     write_starter_file(state, jobid, user, cfg, "refused", alias="", refusal=text.rstrip("\n"))
 
 
-def refusal_note(cfg: Config, jobid: str) -> Optional[str]:
-    """For the end of a refused job's .o (its only other line is the teardown's): where the reason is."""
-    record = NodeState(cfg.paths_state_dir).load_job(jobid)
-    if not record.refused:
-        return None
-    where = record.refusal_file
-    return (f"torque-docker: job {jobid} was refused and its script did not run: the reason is in the job's .e file"
-            + (f" and in {where}" if where else ""))
-
-
 def fit_login_shell(job: JobContext, ident: str) -> None:
     """sshd refuses every login of a user whose shell does not exist, so the containers' passwd
     names the user's login shell only when the image has it, else /bin/sh. (The job's own

@@ -10,20 +10,22 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
-
-import jinja2
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import plan
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    import jinja2      # imported where a template is rendered: the epilogues never pay for it
+
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
 SHARED_TEMPLATES = Path("/usr/share/torque-docker/templates")
 
-_environments: Dict[str, jinja2.Environment] = {}
+_environments: Dict[str, "jinja2.Environment"] = {}
 
 
-def environment(site_dir: Optional[str] = None) -> jinja2.Environment:
+def environment(site_dir: Optional[str] = None) -> "jinja2.Environment":
+    import jinja2
     key = site_dir or ""
     if key not in _environments:
         search = [p for p in (site_dir, str(SHARED_TEMPLATES), str(PACKAGE_TEMPLATES)) if p]
@@ -39,6 +41,7 @@ def environment(site_dir: Optional[str] = None) -> jinja2.Environment:
 
 
 def render(name: str, site_dir: Optional[str] = None, **variables: object) -> str:
+    import jinja2
     try:
         text = environment(site_dir).get_template(name).render(**variables)
         return text.rstrip("\n") + "\n"   # exactly one final newline, whatever the template's ending

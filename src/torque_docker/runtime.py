@@ -1,7 +1,10 @@
-"""Everything that talks to Docker, and the only module that imports ``docker``.
+"""Everything that talks to Docker: the only module (with engine.py) that does.
 
-Errors from the SDK are turned into the package's own here, with the fix in the message,
-so the rest of the code never sees a docker exception.
+The hooks' calls go through engine.py (http.client on the daemon's socket): importing the
+Docker SDK would cost every hook more than starting its container (docs/performance.md).
+The SDK is imported only by what streams or authenticates: pull, load, tag, the admin's
+live update and ``client`` (check). Errors of either are turned into the package's own
+here, with the fix in the message, so the rest of the code never sees a Docker exception.
 """
 from __future__ import annotations
 
@@ -14,13 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import DeviceRequest
-from docker.types import Mount as DockerMount
-from docker.types import Ulimit
-
 from . import limits
+from .engine import Engine, EngineError, Unreachable, parse_size
 from .errors import ContainerFault, ImageError, NodeFault, no_sshd
 
 if TYPE_CHECKING:
@@ -89,12 +87,14 @@ class ContainerInfo:
 
 
 class Runtime:
+    """Docker as the package uses it. Connects at the first call, not here: a hook that
+    finds nothing to do never opens the socket."""
+
     def __init__(self, endpoint: str, timeout: float) -> None:
-        try:
-            self.client = docker.DockerClient(base_url=endpoint, version="auto", timeout=int(max(timeout, 1)))
-        except DockerException as exc:
-            raise NodeFault(f"the Docker daemon at {endpoint} does not answer ({_short(exc)})",
-                            "start dockerd on this node (systemctl start docker)") from None
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.engine = Engine(endpoint, timeout)
+        self._client: Any = None
 
     @classmethod
     def from_config(cls, cfg: "Config") -> "Runtime":
@@ -104,44 +104,75 @@ class Runtime:
     def ping(self) -> None:
         """Does the daemon answer? A NodeFault saying how to start it when not."""
         try:
-            self.client.ping()
-        except DockerException as exc:
+            if not self.engine.ping():
+                raise EngineError(200, "its _ping did not answer OK")
+        except EngineError as exc:
             raise NodeFault(f"the Docker daemon does not answer ({_short(exc)})",
                             "start dockerd on this node (systemctl start docker)") from None
 
     def version(self) -> str:
         """The daemon's version (``?`` when it does not say)."""
         try:
-            return str(self.client.version().get("Version", "?"))
-        except DockerException as exc:
+            return str(self.engine.version().get("Version", "?"))
+        except EngineError as exc:
             raise NodeFault(f"the Docker daemon does not say its version ({_short(exc)})",
                             "start dockerd on this node (systemctl start docker)") from None
 
+    @property
+    def client(self) -> Any:
+        """The Docker SDK's client, made on first use (pull, load, tag, update, check)."""
+        if self._client is None:
+            import docker
+            from docker.errors import DockerException
+            try:
+                self._client = docker.DockerClient(base_url=self.endpoint, version="auto",
+                                                   timeout=int(max(self.timeout, 1)))
+            except DockerException as exc:
+                raise self._down(exc) from None
+        return self._client
+
+    def _down(self, exc: BaseException) -> NodeFault:
+        return NodeFault(f"the Docker daemon at {self.endpoint} does not answer ({_short(exc)})",
+                         "start dockerd on this node (systemctl start docker)")
+
+    def _fault(self, exc: EngineError, what: str) -> NodeFault:
+        """A Docker error of a call the job cannot influence: the node's."""
+        if isinstance(exc, Unreachable):
+            return self._down(exc)
+        return NodeFault(f"{what}: {_short(exc)}")
+
     # ---- images -----------------------------------------------------------
-    def image_id(self, reference: str) -> Optional[str]:
+    def _image(self, reference: str) -> Optional[Dict[str, Any]]:
+        """The image's inspect document; None when there is no such image."""
         try:
-            return self.client.images.get(reference).id
-        except ImageNotFound:
-            return None
-        except APIError as exc:
-            if exc.status_code == 400:      # "invalid reference format": the user's name, not the node
+            return self.engine.image_inspect(reference)
+        except Unreachable as exc:
+            raise self._down(exc) from None
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 400:      # "invalid reference format": the user's name, not the node
                 raise ImageError(f"Docker does not accept the image name {reference} ({_short(exc)})",
                                  "use NAME[:TAG] in lower case, e.g. image=debian:12") from None
             raise NodeFault(f"Docker failed to look up image {reference}: {_short(exc)}") from None
-        except DockerException as exc:
-            raise NodeFault(f"Docker failed to look up image {reference}: {_short(exc)}") from None
+
+    def image_id(self, reference: str) -> Optional[str]:
+        found = self._image(reference)
+        return str(found["Id"]) if found is not None else None
 
     def image_digest(self, reference: str) -> Tuple[str, str]:
         """(image id, repo digest or '') of a local image."""
-        image = self.client.images.get(reference)
-        digests = image.attrs.get("RepoDigests") or []
-        return image.id, (digests[0] if digests else "")
+        found = self._image(reference)
+        if found is None:
+            raise ImageError(f"image {reference} is not on this node", "check the image name")
+        digests = found.get("RepoDigests") or []
+        return str(found["Id"]), (digests[0] if digests else "")
 
     def image_path(self, reference: str) -> str:
         """The PATH the image declares (Docker's default when it declares none)."""
         try:
-            env = self.client.images.get(reference).attrs.get("Config", {}).get("Env") or []
-        except (APIError, DockerException):
+            env = ((self.engine.image_inspect(reference).get("Config") or {}).get("Env")) or []
+        except EngineError:
             env = []
         for item in env:
             if item.startswith("PATH="):
@@ -150,11 +181,13 @@ class Runtime:
 
     def pull(self, reference: str, timeout: float) -> str:
         """Pull with a bound: a pull that cannot finish before prologalarm must fail clearly."""
+        from docker.errors import ImageNotFound, NotFound
+        client = self.client
         result: Dict[str, Any] = {}
 
         def work() -> None:
             try:
-                result["image"] = self.client.images.pull(reference)
+                result["image"] = client.images.pull(reference)
             except Exception as exc:  # reported below
                 result["error"] = exc
 
@@ -189,6 +222,8 @@ class Runtime:
         like the site's image would replace it for every later job on the node. So the
         tarball is streamed through a rewriter that removes all of them, and the images
         come back untagged, to be run by id (see untagged_tar)."""
+        from docker.errors import APIError, DockerException
+        client = self.client
         claimed: List[str] = []
         failure: Dict[str, BaseException] = {}
         read_end, write_end = os.pipe()
@@ -213,7 +248,7 @@ class Runtime:
         worker = threading.Thread(target=rewrite, daemon=True)
         worker.start()
         try:
-            images = self.client.images.load(body())
+            images = client.images.load(body())
             error: Optional[str] = None
         except (APIError, DockerException) as exc:
             images, error = [], _short(exc)
@@ -231,6 +266,7 @@ class Runtime:
 
     def tag(self, image_id: str, reference: str) -> None:
         repository, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (reference, "", "latest")
+        from docker.errors import APIError, DockerException
         try:
             self.client.api.tag(image_id, repository, tag or "latest")
         except (APIError, DockerException) as exc:
@@ -239,34 +275,31 @@ class Runtime:
     def image_volumes(self, reference: str) -> List[str]:
         """The paths the image declares as VOLUMEs."""
         try:
-            config = self.client.api.inspect_image(reference).get("Config") or {}
-        except (APIError, DockerException) as exc:
-            raise NodeFault(f"Docker failed to inspect image {reference}: {_short(exc)}") from None
+            config = self.engine.image_inspect(reference).get("Config") or {}
+        except EngineError as exc:
+            raise self._fault(exc, f"Docker failed to inspect image {reference}") from None
         return sorted((config.get("Volumes") or {}).keys())
 
     def image_file(self, image_id: str, path: str, labels: Dict[str, str], limit: int = 4 << 20) -> Optional[bytes]:
         """A file of an image as Docker itself resolves it (symlinks followed inside the
         image): read from a container that is created from the image and never started,
-        then removed. None when the image has no such file."""
+        then removed. None when the image has no such file (or it is over ``limit``)."""
         try:
-            created = self.client.api.create_container(image_id, command=["/torque-docker-never-runs"],
-                                                       labels=labels, network_disabled=True,
-                                                       host_config=self.client.api.create_host_config(network_mode="none"))
-        except (APIError, DockerException) as exc:
-            raise NodeFault(f"Docker could not create a container of {image_id[:19]}: {_short(exc)}") from None
-        ident = created["Id"]
+            ident = self.engine.create({"Image": image_id, "Cmd": ["/torque-docker-never-runs"], "Labels": labels,
+                                        "NetworkDisabled": True, "HostConfig": {"NetworkMode": "none"}})
+        except EngineError as exc:
+            raise self._fault(exc, f"Docker could not create a container of {image_id[:19]}") from None
         try:
             for _ in range(16):
                 try:
-                    stream, info = self.client.api.get_archive(ident, path)
-                except NotFound:
-                    return None
+                    info, data = self.engine.archive(ident, path, limit=limit + (1 << 20))
+                except EngineError as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
                 if info.get("mode", 0) & (1 << 27) and info.get("linkTarget"):    # Go's os.ModeSymlink
-                    for _chunk in stream:
-                        pass
                     path = info["linkTarget"]
                     continue
-                data = b"".join(stream)
                 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
                     member = tar.next()
                     if member is None or not member.isreg() or member.size > limit:
@@ -274,7 +307,9 @@ class Runtime:
                     extracted = tar.extractfile(member)
                     return extracted.read() if extracted else b""
             return None
-        except APIError as exc:
+        except Unreachable as exc:
+            raise self._down(exc) from None
+        except EngineError as exc:
             text = re.sub(r"/\S*/merged(?=/)", "", _short(exc))        # Docker's own storage paths
             if any(word in text.lower() for word in NODE_TROUBLE):
                 raise NodeFault(f"Docker could not read {path} of image {image_id[:19]}: {text}") from None
@@ -282,64 +317,47 @@ class Runtime:
             # file is the image's doing ("too many links"), never a fault of the node.
             raise ImageError(f"Docker cannot read {path} in the image: {text}",
                              f"make {path} a plain file of the image", user_error=True) from None
-        except DockerException as exc:
-            raise NodeFault(f"Docker could not read {path} of image {image_id[:19]}: {_short(exc)}") from None
         finally:
             self.remove(ident)
 
     def init_pid(self, ident: str) -> Tuple[str, int]:
         """(status, host pid of the container's init); pid 0 when it is not running."""
-        try:
-            state = self.client.api.inspect_container(ident).get("State", {})
-        except NotFound:
+        attrs = self._inspect(ident)
+        if attrs is None:
             return "gone", 0
-        except (APIError, DockerException) as exc:
-            raise NodeFault(f"Docker failed to inspect {ident}: {_short(exc)}") from None
+        state = attrs.get("State") or {}
         return state.get("Status", "unknown"), int(state.get("Pid") or 0)
+
+    def _inspect(self, ident: str) -> Optional[Dict[str, Any]]:
+        try:
+            return self.engine.inspect(ident)
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise self._fault(exc, f"Docker failed to inspect {ident}") from None
 
     # ---- containers ---------------------------------------------------------
     def start(self, spec: ContainerSpec) -> str:
-        kwargs = dict(
-            image=spec.image, command=list(spec.command), name=spec.name, hostname=spec.hostname,
-            detach=True, network_mode="host", user=spec.user, group_add=list(spec.group_add),
-            labels=spec.labels, security_opt=["no-new-privileges"] + ([f"seccomp={spec.seccomp}"] if spec.seccomp else []),
-            cap_drop=["ALL"], init=True,
-            mounts=[DockerMount(target=dst, source=src, type="bind", read_only=ro) for src, dst, ro in spec.binds],
-            shm_size=spec.shm_size, stdin_open=False, tty=False,
-        )
-        if spec.cpuset_cpus:
-            kwargs["cpuset_cpus"] = spec.cpuset_cpus
-        if spec.mem_limit:
-            kwargs["mem_limit"] = spec.mem_limit
-        if spec.ipc_mode:
-            kwargs["ipc_mode"] = spec.ipc_mode
-        if spec.cgroup_parent:
-            kwargs["cgroup_parent"] = spec.cgroup_parent
-        if spec.pids_limit:
-            kwargs["pids_limit"] = spec.pids_limit
-        if spec.ulimits:
-            kwargs["ulimits"] = [Ulimit(name=n, soft=soft, hard=hard) for n, soft, hard in spec.ulimits]
-        if spec.tmpfs:
-            # exec allowed as on a host's /tmp; sized, so a job cannot fill the node's memory
-            kwargs["tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size},mode=1777" for path, size in spec.tmpfs}
-        if spec.read_only:
-            kwargs["read_only"] = True
-        if spec.devices:
-            kwargs["devices"] = [f"{host}:{inside}:rwm" for host, inside in spec.devices]
-        if spec.env:
-            kwargs["environment"] = [f"{name}={value}" for name, value in spec.env]
-        if spec.gpu_ids:
-            kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids),
-                                                       capabilities=[["gpu"]])]
+        self._check_spec(spec)
         try:
-            return self.client.containers.run(**kwargs).id
-        except ImageNotFound:
-            raise ImageError(f"image {spec.image} is not on this node", "check the image name") from None
-        except APIError as exc:
+            ident = self.engine.create(create_body(spec), name=spec.name)
+            self.engine.start(ident)
+            return ident
+        except Unreachable as exc:
+            raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}",
+                            "start dockerd on this node (systemctl start docker)") from None
+        except EngineError as exc:
+            if exc.status == 404 and "no such image" in exc.message.lower():
+                raise ImageError(f"image {spec.image} is not on this node", "check the image name") from None
             text = _short(exc)
             self.remove(spec.name)
             if "executable file not found" in text or "no such file or directory" in text:
                 raise no_sshd(spec.image, spec.command[0]) from None
+            if "could not select device driver" in text:
+                # [gpus] method = nvidia-runtime on a node whose Docker has no NVIDIA runtime
+                raise NodeFault(f"Docker could not give container {spec.name} its GPUs {','.join(spec.gpu_ids)}: {text}",
+                                "install the NVIDIA Container Toolkit on this node (nvidia-ctk runtime configure "
+                                "--runtime=docker, then restart dockerd), or set [gpus] method = devices") from None
             if "error setting rlimit" in text:
                 # runc raises the container's limits from the daemon's: without CAP_SYS_RESOURCE
                 # (or above dockerd's own hard limits) the kernel refuses.
@@ -347,81 +365,77 @@ class Runtime:
                                 f"({limits.show(spec.ulimits)}): {text}",
                                 "let dockerd raise them (docker.service: LimitMEMLOCK=infinity, LimitNOFILE=..., "
                                 "and CAP_SYS_RESOURCE), or lower [limits] ulimits / user_max") from None
-            if "could not select device driver" in text:
-                # [gpus] method = nvidia-runtime on a node whose Docker has no NVIDIA runtime
-                raise NodeFault(f"Docker could not give container {spec.name} its GPUs {','.join(spec.gpu_ids)}: {text}",
-                                "install the NVIDIA Container Toolkit on this node (nvidia-ctk runtime configure "
-                                "--runtime=docker, then restart dockerd), or set [gpus] method = devices") from None
             if node_trouble(text, [src for src, _, _ in spec.binds]):
                 raise NodeFault(f"Docker could not start container {spec.name}: {text}") from None
             # Docker refused THIS container (its settings, the image's file system against
             # what the job mounts): what the job brings can cause it, so never a node down.
             raise ContainerFault(f"Docker could not start container {spec.name}: {text}",
                                  "if the image or the request is unusual, try another; else tell the admin") from None
-        except DockerException as exc:
-            raise NodeFault(f"Docker could not start container {spec.name}: {_short(exc)}") from None
+
+    @staticmethod
+    def _check_spec(spec: ContainerSpec) -> None:
+        """Sizes the SDK used to refuse before asking Docker (the config validates them)."""
+        for size in (spec.shm_size, spec.mem_limit):
+            if size:
+                try:
+                    parse_size(size)
+                except ValueError:
+                    raise NodeFault(f"Docker cannot take the size {size!r} for container {spec.name}",
+                                    "fix the size in the torque-docker config") from None
 
     def has_file(self, ident: str, path: str) -> bool:
         """Is ``path`` in the container's file system? Docker's archive endpoint answers a HEAD
         with the file's stat (resolved inside the container), without copying anything."""
-        api = self.client.api
         try:
-            response = api.head(api._url("/containers/{0}/archive", ident), params={"path": path},
-                                timeout=api.timeout)
-        except DockerException as exc:
+            status, _ = self.engine.archive_stat(ident, path)
+        except EngineError as exc:
             raise NodeFault(f"Docker failed to look into container {ident[:12]}: {_short(exc)}") from None
-        except OSError as exc:
-            raise NodeFault(f"Docker failed to look into container {ident[:12]}: {exc}") from None
         # Anything but a plain answer is "not usable here": an image can make Docker fail on
         # its own paths (a symlink loop answers HTTP 500), and what an image does must never
         # be a fault of the node (a sister's NodeFault takes the node down).
-        return response.status_code == 200
+        return status == 200
 
     def state(self, ident: str) -> Tuple[str, Optional[int]]:
         """(status, exit code) of a container; ('gone', None) when it no longer exists."""
-        try:
-            attrs = self.client.api.inspect_container(ident)
-        except NotFound:
+        attrs = self._inspect(ident)
+        if attrs is None:
             return "gone", None
-        except (APIError, DockerException) as exc:
-            raise NodeFault(f"Docker failed to inspect {ident}: {_short(exc)}") from None
-        state = attrs.get("State", {})
+        state = attrs.get("State") or {}
         return state.get("Status", "unknown"), state.get("ExitCode")
 
     def logs(self, ident: str, tail: int = 5) -> str:
         try:
-            return self.client.api.logs(ident, tail=tail).decode("utf-8", "replace").strip()
-        except (APIError, DockerException):
+            return self.engine.logs(ident, tail=tail).strip()
+        except EngineError:
             return ""
 
     def remove(self, ident: str) -> bool:
         """Force-remove, with its anonymous volumes; True when it existed. Never raises for
         'already gone'."""
         try:
-            self.client.api.remove_container(ident, force=True, v=True)
+            self.engine.remove(ident, force=True, volumes=True)
             return True
-        except NotFound:
-            return False
-        except APIError as exc:
-            if exc.status_code == 409 and "already in progress" in str(exc):
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 409 and "already in progress" in exc.message:
                 return True
-            raise NodeFault(f"Docker could not remove {ident}: {_short(exc)}") from None
-        except DockerException as exc:
-            raise NodeFault(f"Docker could not remove {ident}: {_short(exc)}") from None
+            raise self._fault(exc, f"Docker could not remove {ident}") from None
 
     def containers(self, jobid: Optional[str] = None, host: Optional[str] = None) -> List[ContainerInfo]:
         labels = [L_JOB if jobid is None else f"{L_JOB}={jobid}"]
         if host is not None:
             labels.append(f"{L_HOST}={host}")
         try:
-            found = self.client.api.containers(all=True, filters={"label": labels})
-        except (APIError, DockerException) as exc:
-            raise NodeFault(f"Docker failed to list containers: {_short(exc)}") from None
+            found = self.engine.containers({"label": labels}, all=True)
+        except EngineError as exc:
+            raise self._fault(exc, "Docker failed to list containers") from None
         return [ContainerInfo(c["Id"], (c.get("Names") or ["/?"])[0].lstrip("/"), c.get("State", ""),
                               c.get("Labels") or {}, str(c.get("Created", "")))
                 for c in found]
 
     def update(self, ident: str, **limits: object) -> None:
+        from docker.errors import APIError, DockerException
         try:
             self.client.api.update_container(ident, **limits)
         except (APIError, DockerException) as exc:
@@ -429,7 +443,7 @@ class Runtime:
 
     def limits(self, ident: str) -> Dict[str, object]:
         """What Docker enforces now: read back after a live change."""
-        host = self.client.api.inspect_container(ident).get("HostConfig", {})
+        host = (self._inspect(ident) or {}).get("HostConfig") or {}
         quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 0
         return {"cpus": round(quota / period, 3) if quota > 0 and period else None,
                 "memory": host.get("Memory") or None, "cpuset": host.get("CpusetCpus") or None}
@@ -438,8 +452,8 @@ class Runtime:
         """Usage so far of a running container (None when it is not running)."""
         from .usage import host_usage
         try:
-            attrs = self.client.api.inspect_container(ident)
-        except (APIError, DockerException):
+            attrs = self.engine.inspect(ident)
+        except EngineError:
             return None
         state = attrs.get("State", {})
         if not state.get("Pid"):
@@ -451,6 +465,52 @@ class Runtime:
         except ValueError:
             started = 0.0
         return host_usage(state["Pid"], attrs.get("Name", "").lstrip("/"), started)
+
+
+def create_body(spec: ContainerSpec) -> Dict[str, Any]:
+    """The Engine API's container configuration for a job container: what the Docker SDK's
+    ``containers.run(detach=True, ...)`` sent for the same settings (host network, the
+    user's ids, every capability dropped, no new privileges, an init, bind mounts)."""
+    host: Dict[str, Any] = {
+        "NetworkMode": "host",
+        "GroupAdd": list(spec.group_add),
+        "SecurityOpt": ["no-new-privileges"] + ([f"seccomp={spec.seccomp}"] if spec.seccomp else []),
+        "CapDrop": ["ALL"],
+        "Init": True,
+        "Mounts": [{"Target": dst, "Source": src, "Type": "bind", "ReadOnly": ro} for src, dst, ro in spec.binds],
+        "ShmSize": parse_size(spec.shm_size),
+    }
+    if spec.cpuset_cpus:
+        host["CpusetCpus"] = spec.cpuset_cpus
+    if spec.mem_limit:
+        host["Memory"] = parse_size(spec.mem_limit)
+    if spec.ipc_mode:
+        host["IpcMode"] = spec.ipc_mode
+    if spec.cgroup_parent:
+        host["CgroupParent"] = spec.cgroup_parent
+    if spec.pids_limit:
+        host["PidsLimit"] = spec.pids_limit
+    if spec.ulimits:
+        host["Ulimits"] = [{"Name": n, "Soft": soft, "Hard": hard} for n, soft, hard in spec.ulimits]
+    if spec.tmpfs:
+        # exec allowed as on a host's /tmp; sized, so a job cannot fill the node's memory
+        host["Tmpfs"] = {path: f"rw,exec,nosuid,nodev,size={size},mode=1777" for path, size in spec.tmpfs}
+    if spec.read_only:
+        host["ReadonlyRootfs"] = True
+    if spec.devices:
+        host["Devices"] = [{"PathOnHost": h, "PathInContainer": inside, "CgroupPermissions": "rwm"}
+                           for h, inside in spec.devices]
+    if spec.gpu_ids:
+        host["DeviceRequests"] = [{"Driver": "nvidia", "Count": 0, "DeviceIDs": list(spec.gpu_ids),
+                                   "Capabilities": [["gpu"]], "Options": {}}]
+    body: Dict[str, Any] = {
+        "Image": spec.image, "Cmd": list(spec.command), "Hostname": spec.hostname, "User": spec.user,
+        "Labels": dict(spec.labels), "Tty": False, "OpenStdin": False, "StdinOnce": False,
+        "AttachStdin": False, "AttachStdout": False, "AttachStderr": False, "NetworkDisabled": False,
+        "HostConfig": host}
+    if spec.env:
+        body["Env"] = [f"{name}={value}" for name, value in spec.env]
+    return body
 
 
 def _short(exc: BaseException) -> str:

@@ -140,3 +140,14 @@ def _restore_nodefile(state: NodeState, jobid: str, nodefile: Path) -> None:
     saved = state.job_dir(jobid) / "nodefile.orig"
     if saved.exists() and nodefile.exists():
         write_in_place(nodefile, saved.read_text())
+
+
+def refusal_note(cfg: Config, jobid: str) -> Optional[str]:
+    """For the end of a refused job's .o (its only other line is the teardown's): where the reason is.
+    Here, not in lifecycle.py, so that an epilogue never imports the set-up's modules."""
+    record = NodeState(cfg.paths_state_dir).load_job(jobid)
+    if not record.refused:
+        return None
+    where = record.refusal_file
+    return (f"torque-docker: job {jobid} was refused and its script did not run: the reason is in the job's .e file"
+            + (f" and in {where}" if where else ""))

@@ -293,24 +293,25 @@ def test_the_starter_gives_the_batch_script_its_containers_gpu_variables():
 
 
 # ----------------------------------------------------------------------------- what Docker is asked for
-class FakeContainers:
+class FakeEngine:
+    """Docker's Engine API as runtime.py calls it (engine.py): what a container is created with."""
+
     def __init__(self) -> None:
-        self.kwargs: dict = {}
+        self.config: dict = {}
 
-    def run(self, **kwargs):
-        self.kwargs = kwargs
+    def create(self, config, name=None):
+        self.config = dict(config)
+        return "abc"
 
-        class Made:
-            id = "abc"
-        return Made()
+    def start(self, ident):
+        pass
 
 
 def started_with(spec: ContainerSpec) -> dict:
-    runtime = Runtime.__new__(Runtime)
-    containers = FakeContainers()
-    runtime.client = type("Client", (), {"containers": containers})()
+    runtime = Runtime("unix:///nonexistent/docker.sock", 5)
+    runtime.engine = FakeEngine()        # type: ignore[assignment]
     assert runtime.start(spec) == "abc"
-    return containers.kwargs
+    return runtime.engine.config
 
 
 def test_the_nvidia_runtime_gets_a_device_request_for_exactly_the_containers_gpus():
@@ -319,14 +320,16 @@ def test_the_nvidia_runtime_gets_a_device_request_for_exactly_the_containers_gpu
                          labels={}, binds=())
     kwargs = started_with(ContainerSpec(**{**base.__dict__, "gpu_ids": ("2", "3"),
                                            "env": (("CUDA_VISIBLE_DEVICES", "0,1"), ("NVIDIA_VISIBLE_DEVICES", "2,3"))}))
-    (request,) = kwargs["device_requests"]
+    (request,) = kwargs["HostConfig"]["DeviceRequests"]
     assert request["Driver"] == "nvidia" and request["DeviceIDs"] == ["2", "3"] and request["Capabilities"] == [["gpu"]]
     assert request["Count"] == 0          # the ids, never "all"
-    assert kwargs["environment"] == ["CUDA_VISIBLE_DEVICES=0,1", "NVIDIA_VISIBLE_DEVICES=2,3"]
+    assert kwargs["Env"] == ["CUDA_VISIBLE_DEVICES=0,1", "NVIDIA_VISIBLE_DEVICES=2,3"]
     plain = started_with(ContainerSpec(**{**base.__dict__, "env": (("NVIDIA_VISIBLE_DEVICES", "void"),),
                                           "devices": (("/h/nvidia1", "/dev/nvidia1"),)}))
-    assert "device_requests" not in plain and plain["devices"] == ["/h/nvidia1:/dev/nvidia1:rwm"]
-    assert plain["environment"] == ["NVIDIA_VISIBLE_DEVICES=void"]
+    assert "DeviceRequests" not in plain["HostConfig"]
+    assert plain["HostConfig"]["Devices"] == [{"PathOnHost": "/h/nvidia1", "PathInContainer": "/dev/nvidia1",
+                                               "CgroupPermissions": "rwm"}]
+    assert plain["Env"] == ["NVIDIA_VISIBLE_DEVICES=void"]
 
 
 def test_check_describes_the_method(tmp_path):

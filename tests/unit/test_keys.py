@@ -107,3 +107,63 @@ def test_secret_readable_by_others_is_refused(tmp_path):
 def test_missing_secret_says_how_to_make_one(tmp_path):
     with pytest.raises(ConfigError, match="torque-docker keygen"):
         keys.load_secret(str(tmp_path / "nope"))
+
+
+# ----------------------------------------------------------------------------- keys without cryptography's backend
+RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+
+
+def _check_word(pem: bytes) -> bytes:
+    """The private section's check word of an unencrypted OpenSSH ed25519 key file."""
+    import base64
+    body = base64.b64decode(b"".join(pem.splitlines()[1:-1]))
+    at = len(b"openssh-key-v1\0") + (4 + 4) + (4 + 4) + 4 + 4 + (4 + (4 + 11) + (4 + 32)) + 4
+    return body[at:at + 4]
+
+
+@pytest.mark.parametrize("through_libcrypto", [True, False])
+def test_key_pairs_are_what_cryptography_makes_byte_for_byte(monkeypatch, through_libcrypto):
+    """The public key comes from OpenSSL through ctypes (cryptography's import costs every
+    prologue 20-35 ms), else from cryptography; the file is cryptography's format."""
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    if through_libcrypto:
+        assert keys._libcrypto() is not None          # this machine's OpenSSL is used
+    else:
+        monkeypatch.setattr(keys, "_libcrypto", lambda: None)
+    assert keys.ed25519_public(RFC8032_SEED) == RFC8032_PUBLIC
+    for seed in [RFC8032_SEED] + [os.urandom(32) for _ in range(50)]:
+        key = Ed25519PrivateKey.from_private_bytes(seed)
+        theirs = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.NoEncryption())
+        pair = keys._keypair(seed, "torque-docker-1.s")
+        public = key.public_key().public_bytes(s.Encoding.OpenSSH, s.PublicFormat.OpenSSH).decode()
+        assert pair.public_openssh == f"{public} torque-docker-1.s"
+        assert keys.openssh_private(seed, keys.ed25519_public(seed), _check_word(theirs)) == theirs
+        loaded = s.load_ssh_private_key(pair.private_openssh, password=None)
+        assert loaded.private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw, s.NoEncryption()) == seed
+    with pytest.raises(ValueError):
+        keys.ed25519_public(b"short")
+
+
+def test_openssh_reads_the_key_files(tmp_path):
+    import shutil
+    import subprocess
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("no ssh-keygen on this machine")
+    pair = keys._keypair(os.urandom(32), "c")
+    path = tmp_path / "id_ed25519"
+    path.write_bytes(pair.private_openssh)
+    path.chmod(0o600)
+    shown = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, check=True)
+    assert shown.stdout.split()[:2] == pair.public_openssh.split()[:2]
+
+
+def test_deriving_a_jobs_keys_does_not_import_cryptography():
+    import subprocess
+    import sys
+    code = ("import sys\nfrom torque_docker import keys\n"
+            "keys.JobSecrets.derive(bytes(32), keys.JobIdentity('1.s', 'u', 'u', 'n0'))\n"
+            "print('cryptography' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
