@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .devices import Device, parse_entry
-from .errors import NodeFault, PolicyError
+from .errors import NODE_ERRNOS, NodeFault, PolicyError, TorqueDockerError
 
 METHODS = ("none", "devices", "nvidia-runtime")
 SISTER_CHOICES = ("refuse", "whole-node", "cgroup")
@@ -243,26 +243,50 @@ def read_gpu_file(path: str, host: str) -> List[int]:
 
 
 #: Run in a child that joins the job's devices cgroup: for each major:minor, can it mknod a
-#: node of it (the cgroup's "m" right, which Torque denies with "r" and "w")? Nothing is opened.
+#: node of it (the cgroup's "m" right, which Torque denies with "r" and "w")? Nothing is
+#: opened. Root runs it, so it makes its nodes only in a directory of root's alone (argv[2],
+#: opened without following a link, its owner and mode checked on the descriptor) and by
+#: names relative to that descriptor: never in $TMPDIR, which pbs_mom points at the job
+#: user's directory. The first pair is a control (/dev/null's 1:3, which Torque never
+#: denies): when even that is refused, mknod says nothing about the cgroup here.
+#: Exit codes: 0 the answer on stdout, 2 cannot join, 3 the directory, 4 mknod failed.
 _PROBE = r"""
-import os, stat, sys, tempfile
-with open(sys.argv[1], "w") as tasks:
-    tasks.write(str(os.getpid()))
-where, ok = tempfile.mkdtemp(), []
+import errno, os, stat, sys
 try:
-    for n, pair in enumerate(sys.argv[2:]):
-        major, minor = (int(x) for x in pair.split(":"))
-        path = os.path.join(where, str(n))
-        try:
-            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
-        except PermissionError:
+    with open(sys.argv[1], "w") as tasks:
+        tasks.write(str(os.getpid()))
+except OSError as exc:
+    sys.stderr.write("cannot join the cgroup: %s\n" % exc)
+    sys.exit(2)
+try:
+    fd = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, "not a directory of root's alone")
+except OSError as exc:
+    sys.stderr.write("probe directory %s: %s\n" % (sys.argv[2], exc))
+    sys.exit(3)
+ok = []
+for n, pair in enumerate(sys.argv[3:]):
+    major, minor = (int(x) for x in pair.split(":"))
+    name = "%d.%d" % (os.getpid(), n)
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    try:
+        os.mknod(name, 0o600 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=fd)
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
             continue
-        os.unlink(path)
-        ok.append(str(n))
-finally:
-    os.rmdir(where)
+        sys.stderr.write("mknod %s: %s\n" % (pair, exc))
+        sys.exit(4)
+    os.unlink(name, dir_fd=fd)
+    ok.append(str(n))
 print(" ".join(ok))
 """
+CONTROL = "1:3"               # /dev/null: Torque's cgroup denies GPUs only
+PROBE_DIR = "probe"           # under the state dir, root's 0700: where the probe makes its nodes
 
 
 def _majmin(host: str) -> str:
@@ -270,18 +294,53 @@ def _majmin(host: str) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
-def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequence[str]] = None) -> List[int]:
+def probe_dir(state_dir: str) -> str:
+    """The probe's directory: root's alone (0700) under the node's state dir."""
+    from .state import NodeState, ensure_dir
+    state = NodeState(state_dir)
+    state.ensure()
+    return str(ensure_dir(state.root / PROBE_DIR, 0o700, os.geteuid(), os.getegid()))
+
+
+def _probe(jobid: str, cgroup: str, pairs: Sequence[str], where: str) -> List[int]:
+    """Which of ``pairs`` a child in the cgroup may mknod (positions in ``pairs``).
+
+    The child runs isolated from the hook's environment (``-I -S``, a fixed PATH, cwd /):
+    pbs_mom gives the prologue the job's TMPDIR and more. Its failures are nobody's proven
+    fault (a qdel can remove the cgroup under it): the MS requeues a bounded number of times."""
+    import subprocess
+    import sys
+    fix = "run 'torque-docker check' on this node; [gpus] sister = cgroup needs Torque's cgroup v1 devices controller"
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _PROBE, os.path.join(cgroup, "tasks"), where,
+                               CONTROL, *pairs], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, env={"PATH": "/bin:/usr/bin"}, cwd="/")
+    except OSError as exc:
+        error = NodeFault if exc.errno in NODE_ERRNOS else TorqueDockerError
+        raise error(f"cannot look into Torque's devices cgroup of job {jobid} ({exc.strerror})", fix) from None
+    except subprocess.TimeoutExpired:
+        raise TorqueDockerError(f"looking into Torque's devices cgroup of job {jobid} took over 30 s", fix) from None
+    words = done.stdout.split()
+    if done.returncode != 0 or not all(w.isdigit() and int(w) <= len(pairs) for w in words):
+        raise TorqueDockerError(f"cannot look into Torque's devices cgroup of job {jobid}: "
+                                f"{(done.stderr.strip().splitlines() or ['no answer'])[-1][:200]}", fix)
+    if "0" not in words:
+        raise TorqueDockerError(f"cannot look into Torque's devices cgroup of job {jobid}: even /dev/null's "
+                                f"number may not be made in {where}", fix)
+    return [int(w) - 1 for w in words if w != "0"]
+
+
+def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequence[str]] = None,
+                where: str = "") -> List[int]:
     """The indices of this node's GPUs that Torque's devices cgroup of the job lets it use.
 
     Torque (src/resmom/trq_cgroups.c, trq_cg_add_devices_to_cgroup) writes a ``c 195:N rwm``
     line into the job's ``devices.deny`` for every GPU NOT given to the job; the cgroup
     otherwise allows everything, and the kernel then shows only ``a *:* rwm`` in
     ``devices.list``. So a short-lived child joins the cgroup and tries to mknod each GPU's
-    major:minor (nothing is opened); what it may make, the job may use. A cgroup whose list
-    is a plain allow-list is read directly. No cgroup is the node's fault: the site said
-    Torque restricts jobs to their GPUs here."""
-    import subprocess
-    import sys
+    major:minor in ``where`` (root's alone; see ``_PROBE``); what it may make, the job may
+    use. A cgroup whose list is a plain allow-list is read directly. No cgroup is the
+    node's fault: the site said Torque restricts jobs to their GPUs here."""
     fix = "run pbs_mom with cgroups (--enable-cgroups) on this node, or choose another [gpus] sister"
     roots = DEVICES_ROOTS if roots is None else roots
     if "/" in jobid or jobid in ("", ".", ".."):
@@ -311,16 +370,9 @@ def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequenc
     if not any(words[0] == "a" for words in lines):         # an allow-list: read it
         allowed = {words[1] for words in lines if words[0] == "c"}
         return [index for index, pair in pairs if pair in allowed]
-    try:
-        done = subprocess.run([sys.executable, "-S", "-c", _PROBE, os.path.join(found, "tasks")]
-                              + [pair for _, pair in pairs], capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NodeFault(f"cannot look into Torque's devices cgroup of job {jobid} ({exc})", fix) from None
-    if done.returncode != 0 or not re.fullmatch(r"[0-9 ]*", done.stdout.strip()):
-        raise NodeFault(f"cannot look into Torque's devices cgroup of job {jobid}: "
-                        f"{(done.stderr.strip().splitlines() or ['no answer'])[-1][:200]}", fix)
-    return [pairs[int(n)][0] for n in done.stdout.split()]
+    if not where:
+        raise TorqueDockerError("no directory to probe Torque's devices cgroup in", "report this as a bug")
+    return [pairs[n][0] for n in _probe(jobid, found, [pair for _, pair in pairs], where)]
 
 
 # ----------------------------------------------------------------------------- into containers
@@ -389,7 +441,7 @@ def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int,
                               f"ask for gpus={len(gpus_here)} on every node but the first, or for GPUs on one node")
         indices = list(range(len(gpus_here)))
     else:   # cgroup (refuse never gets here: refuse_requested)
-        indices = read_cgroup(jobid, gpus_here)
+        indices = read_cgroup(jobid, gpus_here, where=probe_dir(cfg.paths_state_dir))
     indices = sorted(indices)           # host order: CUDA numbers a container's GPUs so
     if len(indices) != here:
         source = "the gpu file pbs_mom wrote" if is_ms else "Torque's devices cgroup"

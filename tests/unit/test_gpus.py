@@ -6,12 +6,13 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from torque_docker import config, gpus
-from torque_docker.errors import ConfigError, NodeFault, PolicyError
+from torque_docker import config, errors, gpus
+from torque_docker.errors import ConfigError, NodeFault, PolicyError, TorqueDockerError
 from torque_docker.runtime import ContainerSpec, Runtime
 
 
@@ -83,7 +84,8 @@ def fake(root: Path, count: int = 4) -> Path:
 
 
 def cfg_for(dev: Path, method: str = "devices", sister: str = "refuse") -> config.Config:
-    return config.parse_text(f"[network]\nnode_name = n1\n[gpus]\nmethod = {method}\n"
+    return config.parse_text(f"[paths]\nstate_dir = {dev.parent / 'state'}\n"
+                             f"[network]\nnode_name = n1\n[gpus]\nmethod = {method}\n"
                              f"devices = {dev}/nvidia%d:/dev/nvidia%d\nshared_devices = {dev}/nvidiactl:/dev/nvidiactl\n"
                              f"sister = {sister}\n")
 
@@ -152,23 +154,101 @@ def test_an_allow_list_cgroup_names_the_jobs_gpus_by_major_minor(tmp_path):
         gpus.read_cgroup("../7.srv", here, [str(tmp_path / "cg")])
 
 
-def test_torques_deny_style_cgroup_is_probed_from_inside_it(tmp_path):
-    """Torque denies the other GPUs (devices.deny) and the kernel lists only 'a *:* rwm': a
-    child joins the cgroup (writes its pid to tasks) and tries mknod of each GPU. Here the
-    cgroup is a stand-in directory (this machine has no cgroup v1 devices controller), so
-    the child may make every node: what is tested is the plumbing, the denial is the kernel's."""
-    dev = fake(tmp_path, 3)
+def deny_style(tmp_path: Path, count: int = 3):
+    dev = fake(tmp_path, count)
     here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
     job = tmp_path / "cg" / "7.srv"
     job.mkdir(parents=True)
     (job / "devices.list").write_text("a *:* rwm\n")
     (job / "tasks").write_text("")
-    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 1, 2]
+    return here, job, gpus.probe_dir(str(tmp_path / "state"))
+
+
+def test_torques_deny_style_cgroup_is_probed_from_inside_it(tmp_path):
+    """Torque denies the other GPUs (devices.deny) and the kernel lists only 'a *:* rwm': a
+    child joins the cgroup (writes its pid to tasks) and tries mknod of each GPU. Here the
+    cgroup is a stand-in directory (this machine has no cgroup v1 devices controller), so
+    the child may make every node: what is tested is the plumbing, the denial is the kernel's."""
+    here, job, where = deny_style(tmp_path)
+    assert stat.S_IMODE(os.stat(where).st_mode) == 0o700 and os.stat(where).st_uid == os.geteuid()
+    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where) == [0, 1, 2]
     assert (job / "tasks").read_text().isdigit()          # the child joined it, not the hook
+    assert os.listdir(where) == []                        # every node it made is gone
     (job / "tasks").unlink()
-    (job / "tasks").mkdir()                                # joining fails: the node's fault, said
-    with pytest.raises(NodeFault, match="cannot look into Torque's devices cgroup of job 7.srv"):
-        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")])
+    (job / "tasks").mkdir()         # joining fails: nobody's proven fault (a qdel removes the cgroup)
+    with pytest.raises(TorqueDockerError, match="cannot look into Torque's devices cgroup of job 7.srv") as info:
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+    assert not info.value.node_fault and not info.value.user_error
+
+
+def test_the_cgroup_probe_never_works_in_the_job_users_tmpdir(tmp_path, monkeypatch):
+    """pbs_mom gives the prologue TMPDIR=<the job user's directory>: root's probe must not make
+    (or unlink) anything there, nor follow a link planted for it; the child gets no
+    environment of the hook's, runs in /, and ignores PYTHON* variables (-I)."""
+    here, job, where = deny_style(tmp_path)
+    users = tmp_path / "users-tmp"
+    users.mkdir(mode=0o777)
+    os.chmod(users, 0o1777)
+    monkeypatch.setenv("TMPDIR", str(users))
+    monkeypatch.setenv("PYTHONPATH", str(users))
+    seen = []
+    real_run = subprocess.run
+
+    def spy(argv, **kwargs):
+        seen.append((argv, kwargs))
+        return real_run(argv, **kwargs)
+    monkeypatch.setattr(subprocess, "run", spy)
+    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where) == [0, 1, 2]
+    assert os.listdir(users) == []
+    (argv, kwargs), = seen
+    assert argv[1:4] == ["-I", "-S", "-c"] and argv[5:7] == [str(job / "tasks"), where]
+    assert kwargs["env"] == {"PATH": "/bin:/usr/bin"} and kwargs["cwd"] == "/"
+    # The directory must be root's alone, and is not followed when it is a link.
+    os.rmdir(where)
+    os.symlink(users, where)
+    with pytest.raises(TorqueDockerError, match="probe directory") as info:
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+    assert not info.value.node_fault and os.listdir(users) == []
+    os.unlink(where)
+    assert stat.S_IMODE(os.stat(gpus.probe_dir(str(tmp_path / "state"))).st_mode) == 0o700
+    os.chmod(where, 0o755)
+    with pytest.raises(TorqueDockerError, match="not a directory of root's alone"):
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+
+
+def test_only_eperm_from_mknod_means_denied(tmp_path, monkeypatch):
+    """EPERM is the cgroup's no. Without the right to mknod at all (here: the child runs as
+    nobody, so even the control /dev/null is refused) the probe says nothing: a failure, no
+    GPU taken as denied. Any other error of the child is a failure that is nobody's proven
+    fault, even words like 'read-only file system' (never a sister's node-down)."""
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    here, _, _ = deny_style(tmp_path)
+    where = tempfile.mkdtemp(prefix="probe-")          # pytest's own directories are root's 0700
+    try:
+        os.chown(where, nobody.pw_uid, nobody.pw_gid)
+        as_nobody = dict(user=nobody.pw_uid, group=nobody.pw_gid, capture_output=True, text=True, cwd="/")
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", gpus._PROBE, "/dev/null", where, "1:3", "1:5"],
+                              **as_nobody)
+        assert done.returncode == 0 and done.stdout.split() == []      # EPERM: denied, nothing made
+        assert os.listdir(where) == []
+        real_run = subprocess.run
+        monkeypatch.setattr(subprocess, "run", lambda argv, **kw: real_run(
+            argv[:5] + ["/dev/null"] + argv[6:], **{**kw, **as_nobody}))
+        with pytest.raises(TorqueDockerError, match="even /dev/null's number may not be made") as info:
+            gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+        assert not info.value.node_fault
+    finally:
+        os.rmdir(where)
+    failed = subprocess.CompletedProcess([], 4, "", "mknod 1:5: [Errno 30] Read-only file system\n")
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: failed)
+    with pytest.raises(TorqueDockerError, match="Read-only file system") as info:
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+    assert not info.value.node_fault and not errors.is_node_fault(info.value)
+    answered = subprocess.CompletedProcess([], 0, "0 9\n", "")          # a position it was never given
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: answered)
+    with pytest.raises(TorqueDockerError, match="cannot look into"):
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
 
 
 # ----------------------------------------------------------------------------- shares
