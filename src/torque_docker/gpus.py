@@ -39,6 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .devices import Device, parse_entry
 from .errors import NODE_ERRNOS, NodeFault, PolicyError, TorqueDockerError
+from .torque import node_chunks, nodes_request
 
 METHODS = ("none", "devices", "nvidia-runtime")
 SISTER_CHOICES = ("refuse", "whole-node", "cgroup")
@@ -55,18 +56,46 @@ _GPU_LINE = re.compile(r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]{0,252})-gpu/?(?P<ind
 
 
 # ----------------------------------------------------------------------------- the request
+MAX_NODES = 100000            # node requests counted; more than any Torque cluster has
+
+
 def per_node(nodes_spec: str) -> List[int]:
-    """GPUs asked for on each node, in the order of the request's nodes (exec_host's):
-    ``2:ppn=4:gpus=2`` gives [2, 2], ``n1:gpus=1+n2`` [1, 0]."""
+    """GPUs asked for on each node, in the order of the request's nodes (exec_host's), read
+    as Torque reads them (``proplist`` in src/server/node_manager.c): ``2:ppn=4:gpus=2``
+    gives [2, 2], ``n1:gpus=1+n2`` [1, 0], ``2:ppn=4:gpus=2#excl`` [2, 2], ``2:ppn=1#gpus=2``
+    [2, 2] (a ``#`` global goes to every node request; ``torque.node_chunks``); the last
+    ``gpus=`` of a request counts. Raises PolicyError (the user's) for a value that asks
+    for GPUs in a form not read exactly: a count of GPUs or nodes that is not a positive
+    number, an empty request or field. A value without ``gpus=`` asks for none, whatever
+    else is in it (the server judges the rest)."""
+    asks = "gpus=" in nodes_spec
     out: List[int] = []
-    for chunk in nodes_spec.split("+"):
+
+    def refuse(why: str) -> PolicyError:
+        return PolicyError(f"cannot read the GPUs asked for in nodes={nodes_spec[:200]}: {why}",
+                           "write nodes=N:ppn=M:gpus=G (G a number, e.g. nodes=1:ppn=4:gpus=2), "
+                           "node requests joined by + and a #global at the end only")
+    for chunk in node_chunks(nodes_spec):
         fields = chunk.split(":")
-        count = int(fields[0]) if fields[0].isdigit() else 1
+        head = fields[0]
+        if head.isdigit():
+            count, rest = int(head), fields[1:]
+            if count < 1 and asks:
+                raise refuse(f"{chunk!r} asks for no node")
+        else:
+            count, rest = 1, (fields if "=" in head else fields[1:])
+            if not head and asks:
+                raise refuse(f"an empty node request in {chunk!r}" if chunk else "an empty node request")
         gpus = 0
-        for extra in fields[1:]:
-            if extra.startswith("gpus="):
-                gpus = int(extra[5:]) if extra[5:].isdigit() else 1
-        out.extend([gpus] * min(count, 100000))
+        for extra in rest:
+            key, sep, value = extra.partition("=")
+            if not extra and asks:
+                raise refuse(f"an empty field in {chunk!r}")
+            if key == "gpus" and sep:
+                if not (value.isdigit() and int(value) > 0):
+                    raise refuse(f"gpus={value[:20]!r} is not a positive number")
+                gpus = int(value)
+        out.extend([gpus] * min(count, MAX_NODES - len(out)))
     return out
 
 
@@ -80,7 +109,7 @@ def refuse_requested(resources: Mapping[str, str], method: str = "none", sister:
     the method is ``none``, or GPUs on a sister where sisters refuse them. The same words
     at qsub (the submit filter) and in the MS prologue; never the node's fault, since every
     node of the site would answer the same."""
-    spec = resources.get("nodes") or resources.get("neednodes") or ""
+    spec = nodes_request(resources)
     count = requested(spec)
     if not count:
         return
@@ -419,11 +448,16 @@ def shares(method: str, gpus_here: Sequence[Device], shared: Sequence[Device], i
 
 
 def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int, jobid: str,
-             gpu_file: str, containers: int) -> List[Share]:
+             gpu_file: str, containers: int, log=None) -> List[Share]:
     """The shares of this node's containers for a job: NO_GPUS for each when the job asks for
     no GPU here. Raises PolicyError when the site cannot honour the request (the user's),
-    NodeFault when this node does not have what the site says it has."""
-    spec = resources.get("nodes") or resources.get("neednodes") or ""
+    NodeFault when this node does not have what the site says it has.
+
+    What Torque chose (the MS's gpu file, a sister's cgroup) is what the job gets: a count
+    other than the request's is logged, never the node's fault (the request is the user's
+    text, and the resource list reaching a hook can be cut short); none at all for a job
+    that asks for some here is nobody's proven fault (the MS requeues, then explains)."""
+    spec = nodes_request(resources)
     refuse_requested(resources, cfg.gpus_method, cfg.gpus_sister)
     wanted = per_node(spec)
     here = wanted[node_index] if node_index < len(wanted) else 0
@@ -443,11 +477,15 @@ def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int,
     else:   # cgroup (refuse never gets here: refuse_requested)
         indices = read_cgroup(jobid, gpus_here, where=probe_dir(cfg.paths_state_dir))
     indices = sorted(indices)           # host order: CUDA numbers a container's GPUs so
-    if len(indices) != here:
-        source = "the gpu file pbs_mom wrote" if is_ms else "Torque's devices cgroup"
-        raise NodeFault(f"the job asks for {here} GPU(s) on {node}, and {source} gives it {len(indices)}",
-                        "check that pbs_mom is built with GPU support (and cgroups, for [gpus] sister = cgroup) "
-                        "and that the server's nodes file gives this node its gpus=")
+    source = "the gpu file pbs_mom wrote" if is_ms else "Torque's devices cgroup"
+    if not indices:
+        raise TorqueDockerError(f"the job asks for {here} GPU(s) on {node}, and {source} gives it none",
+                                f"check that Torque's name of this node is {node} ([network] node_name), that "
+                                "pbs_mom is built with GPU support (and cgroups, for [gpus] sister = cgroup) and "
+                                "that the server's nodes file gives this node its gpus=")
+    if len(indices) != here and log is not None:
+        log.warning(jobid, f"the job asks for {here} GPU(s) on {node}, and {source} gives it "
+                           f"{len(indices)} ({','.join(map(str, indices))}): it gets those")
     beyond = [i for i in indices if i >= len(gpus_here)]
     if beyond:
         raise NodeFault(f"Torque gave the job GPU {beyond[0]} of {node}, which has GPU device nodes for "
@@ -462,8 +500,11 @@ def for_node(cfg, resources: Mapping[str, str], *, is_ms: bool, node_index: int,
 def sister_hint(cfg, resources: Mapping[str, str]) -> str:
     """Words for the MS's message when a sister's container is missing: with ``whole-node``
     a sister refuses a job that asks for fewer GPUs than it has, and only it knows its count."""
-    spec = resources.get("nodes") or resources.get("neednodes") or ""
-    if cfg.gpus_method == "none" or cfg.gpus_sister != "whole-node" or not any(per_node(spec)[1:]):
+    try:
+        asked = per_node(nodes_request(resources))
+    except PolicyError:                 # refused at the prologue already
+        return ""
+    if cfg.gpus_method == "none" or cfg.gpus_sister != "whole-node" or not any(asked[1:]):
         return ""
     return ("; if it is the GPUs: on a node other than its first, this site gives GPUs only to a job "
             "that asks for all of that node's GPUs ([gpus] sister = whole-node)")

@@ -24,6 +24,50 @@ def test_gpus_per_node_follow_the_request_in_node_order():
     assert gpus.requested("2:ppn=4:gpus=2+n9:gpus=3") == 7
 
 
+@pytest.mark.parametrize("spec, expected", [
+    ("2:ppn=4:gpus=2#excl", [2, 2]),               # Torque strips #excl and appends it to every request
+    ("2:ppn=4:gpus=2#shared", [2, 2]),
+    ("2:ppn=1#gpus=2", [2, 2]),                     # a global gpus= asks on every node
+    ("n1:ppn=2+n2:ppn=2#gpus=1", [1, 1]),
+    ("2:gpus=1+n3:gpus=2#excl", [1, 1, 2]),
+    ("2:gpus=1#gpus=3", [3, 3]),                    # appended after: the last gpus= of a request counts
+    ("2#gpus=2#gpus=3", [2, 2]),                    # the last global is appended first (mod_spec order)
+    ("n1:gpus=1|n2:gpus=2", [1, 2]),
+    ("gpus=2", [2]),                                # a request without a count or name is one node
+    ("3#excl", [0, 0, 0]),
+    ("n1::ppn=2", [0]),                             # no gpus=: the server judges the rest
+])
+def test_gpus_are_read_like_torque_reads_them(spec, expected):
+    assert gpus.per_node(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["2:gpus=2x", "2:gpus=", "2:gpus=-1", "2:gpus=0", "1:ppn=2#gpus=two", "n1+:gpus=1",
+                                  "0:gpus=1", "2::gpus=1", "n1:gpus=1+", "2:gpus=1#"])
+def test_a_gpu_request_not_read_exactly_is_refused_as_the_users(spec):
+    with pytest.raises(PolicyError, match="cannot read the GPUs") as info:
+        gpus.refuse_requested({"nodes": spec}, "devices", "cgroup")
+    assert info.value.user_error and not info.value.node_fault and "nodes=N:ppn=M:gpus=G" in info.value.fix
+
+
+def test_globals_cannot_slip_gpus_past_the_sites_refusals():
+    with pytest.raises(PolicyError, match="method = none"):
+        gpus.refuse_requested({"nodes": "1:ppn=1#gpus=2"})
+    with pytest.raises(PolicyError, match="sister = refuse"):
+        gpus.refuse_requested({"nodes": "2:ppn=1#gpus=2"}, "devices", "refuse")
+    with pytest.raises(PolicyError, match="sister = refuse"):
+        gpus.refuse_requested({"nodes": "2:ppn=4:gpus=2#excl"}, "devices", "refuse")
+
+
+def test_the_servers_neednodes_is_read_before_nodes():
+    """The server allocates from neednodes (a scheduler may rewrite it), so the node order
+    and counts are its; the plan's slot count reads the same."""
+    from torque_docker.plan import local_slot_count
+    both = {"nodes": "1:ppn=2", "neednodes": "n1:ppn=2+n2:ppn=3:gpus=1"}
+    assert gpus.per_node(gpus.nodes_request(both)) == [0, 1]
+    assert local_slot_count(1, both) == 3
+    assert local_slot_count(1, {"nodes": "2#ppn=5"}) == 5
+
+
 def test_the_site_without_gpus_refuses_a_gpu_job_as_the_users():
     with pytest.raises(PolicyError) as info:
         gpus.refuse_requested({"nodes": "1:ppn=1:gpus=1"})
@@ -292,15 +336,41 @@ def test_the_ms_gives_the_gpus_torque_chose_in_host_order(tmp_path):
     assert for_node(cfg, "n1:ppn=2", tmp_path, containers=2) == [gpus.NO_GPUS, gpus.NO_GPUS]
 
 
+class Said:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, jobid, message):
+        self.lines.append((jobid, message))
+
+
 def test_the_ms_refuses_what_its_node_cannot_have(tmp_path):
     cfg = cfg_for(fake(tmp_path, 2))
     with pytest.raises(NodeFault, match="GPU 3 of n1, which has GPU device nodes for 2"):
         for_node(cfg, "n1:gpus=1", tmp_path, text="n1-gpu3\n")
-    with pytest.raises(NodeFault, match="asks for 2 GPU\\(s\\) on n1, and the gpu file pbs_mom wrote gives it 1"):
-        for_node(cfg, "n1:gpus=2", tmp_path, text="n1-gpu0\n")
     (tmp_path / "dev" / "nvidiactl").unlink()
     with pytest.raises(NodeFault, match="nvidiactl \\(\\[gpus\\] shared_devices\\) is missing here"):
         for_node(cfg, "n1:gpus=1", tmp_path, text="n1-gpu0\n")
+
+
+def test_the_gpu_file_is_torques_choice_whatever_the_request_says(tmp_path):
+    """The request is the user's text (and the resource list can be cut): a count other than
+    the gpu file's is never the node's fault; the job gets the file's GPUs, and it is logged.
+    A file naming none of this node's GPUs is nobody's proven fault."""
+    cfg = cfg_for(fake(tmp_path, 2))
+    said = Said()
+    path = tmp_path / "aux" / "9.srvgpu"
+    path.parent.mkdir()
+    gpu_file(path, "n1-gpu1\n")
+    got = gpus.for_node(cfg, {"nodes": "n1:gpus=2"}, is_ms=True, node_index=0, jobid="9.srv", gpu_file=str(path),
+                        containers=1, log=said)
+    assert [s.indices for s in got] == [(1,)]
+    assert said.lines == [("9.srv", "the job asks for 2 GPU(s) on n1, and the gpu file pbs_mom wrote gives it 1 (1): "
+                                    "it gets those")]
+    gpu_file(path, "n2-gpu0\n")
+    with pytest.raises(TorqueDockerError, match="gives it none") as info:
+        for_node(cfg, "n1:gpus=2", tmp_path)
+    assert not info.value.node_fault and not info.value.user_error and "node_name" in info.value.fix
 
 
 def test_a_sister_with_whole_node_takes_all_or_refuses(tmp_path):
@@ -328,6 +398,13 @@ def test_a_sister_with_cgroup_reads_torques_cgroup(tmp_path, monkeypatch):
     monkeypatch.setattr(gpus, "DEVICES_ROOTS", (str(tmp_path / "cg"),))
     got = for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1, containers=2)
     assert [s.indices for s in got] == [(1,), (2,)]
+    (job / "devices.list").write_text("c 1:5 rwm\n")              # fewer than asked: what Torque allows
+    got = for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1, containers=2)
+    assert [s.indices for s in got] == [(1,), (1,)]
+    (job / "devices.list").write_text("c 1:1 rwm\n")              # none: nobody's proven fault
+    with pytest.raises(TorqueDockerError, match="Torque's devices cgroup gives it none") as info:
+        for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1)
+    assert not info.value.node_fault
     monkeypatch.setattr(gpus, "DEVICES_ROOTS", (str(tmp_path / "none"),))
     with pytest.raises(NodeFault, match="devices cgroup of job 9.srv is not there"):
         for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1)
