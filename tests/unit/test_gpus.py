@@ -489,6 +489,34 @@ def test_the_nvidia_runtime_gets_a_device_request_for_exactly_the_containers_gpu
     assert plain["Env"] == ["NVIDIA_VISIBLE_DEVICES=void"]
 
 
+def test_an_nvidia_hook_that_fails_on_the_image_is_no_node_fault():
+    """nvidia-container-cli mounts the driver into the image's file system, so the image can
+    make it fail with the node-trouble words ('read-only file system'): a ContainerFault
+    (requeue, bounded), never a sister's node-down."""
+    from torque_docker.engine import EngineError
+    from torque_docker.errors import ContainerFault
+    text = ("OCI runtime create failed: error running hook #0: error running hook: exit status 1, stderr: "
+            "nvidia-container-cli: mount error: file creation failed: /merged/usr/lib64/libcuda.so.1: "
+            "read-only file system: unknown")
+
+    class Refusing(FakeEngine):
+        def start(self, ident):
+            raise EngineError(500, text)
+
+        def remove(self, ident, **kwargs):
+            raise EngineError(404, "gone")
+    runtime = Runtime("unix:///nonexistent/docker.sock", 5)
+    runtime.engine = Refusing()          # type: ignore[assignment]
+    spec = ContainerSpec(image="i", name="n", hostname="h", command=("sshd",), user="1:1", group_add=(),
+                         labels={}, binds=(), gpu_ids=("0",))
+    with pytest.raises(ContainerFault, match="an OCI hook failed") as info:
+        runtime.start(spec)
+    assert not errors.is_node_fault(info.value) and "nvidia-smi" in info.value.fix
+    text = "error running hook #0: nvidia-container-cli: ldcache error: open /etc/ld.so.cache: no such file or directory"
+    with pytest.raises(ContainerFault, match="an OCI hook failed"):     # not "the image has no sshd"
+        runtime.start(spec)
+
+
 def test_check_describes_the_method(tmp_path):
     dev = fake(tmp_path, 2)
     cfg = cfg_for(dev, sister="cgroup")
