@@ -208,8 +208,9 @@ def check_char_devices(entries: Sequence[Device], key: str) -> None:
 
 def driver_binds(files: Sequence[Tuple[str, str]]) -> List[Tuple[str, str, bool]]:
     """The site's driver files as read-only binds, each (after its links) a file or directory
-    whose every component is root's and writable by no one else: a user who could change
-    one would run code in every GPU job."""
+    whose every component is root's and writable by no one else, and for a directory
+    everything in it (``_check_tree``): a user who could change one would run code in
+    every GPU job."""
     out: List[Tuple[str, str, bool]] = []
     fix = "install the NVIDIA driver's user-space files on this node, or correct [gpus] driver_files"
     for host, inside in files:
@@ -227,8 +228,49 @@ def driver_binds(files: Sequence[Tuple[str, str]]) -> List[Tuple[str, str, bool]
                                 "make it root's and writable only by root, or remove it from [gpus] driver_files")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             raise NodeFault(f"driver file {host} ([gpus] driver_files) is neither a file nor a directory", fix)
+        if stat.S_ISDIR(st.st_mode):
+            _check_tree(host, real)
         out.append((real, inside, True))
     return out
+
+
+MAX_TREE = 10000              # entries under one listed directory; more is not a driver's
+
+
+def _check_tree(host: str, top: str) -> None:
+    """Everything under a listed directory, by lstat (no link followed): files and
+    directories root's and writable by no one else, links root's (they resolve inside the
+    container, in the image), nothing else (a device node would reach the container)."""
+    pending, seen = [top], 0
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise NodeFault(f"driver directory {host} ([gpus] driver_files): cannot list {directory} "
+                            f"({exc.strerror})", "make it root's and readable, or remove it from [gpus] driver_files") from None
+        for entry in entries:
+            seen += 1
+            if seen > MAX_TREE:
+                raise NodeFault(f"driver directory {host} ([gpus] driver_files) holds more than {MAX_TREE} entries",
+                                "list the driver's files themselves, or a smaller directory")
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise NodeFault(f"driver directory {host} ([gpus] driver_files): {entry.path} ({exc.strerror})",
+                                "install the NVIDIA driver's user-space files on this node, or correct "
+                                "[gpus] driver_files") from None
+            kind = stat.S_IFMT(st.st_mode)
+            if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+                raise NodeFault(f"driver directory {host} ([gpus] driver_files) holds {entry.path}, which is "
+                                "neither a file, a directory nor a link", "remove it, or list the driver's files themselves")
+            if st.st_uid != 0 or (kind != stat.S_IFLNK and st.st_mode & 0o022):
+                raise NodeFault(f"driver directory {host} ([gpus] driver_files): {entry.path} is not root's alone "
+                                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})",
+                                "make it root's and writable only by root, or remove the directory from "
+                                "[gpus] driver_files")
+            if kind == stat.S_IFDIR:
+                pending.append(entry.path)
 
 
 # ----------------------------------------------------------------------------- which GPUs the job got here

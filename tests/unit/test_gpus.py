@@ -421,6 +421,43 @@ def test_driver_files_must_be_roots_alone(tmp_path):
         gpus.driver_binds((("/usr/lib/no-such-libcuda.so", "/usr/lib/x"),))
 
 
+def test_a_driver_directory_is_checked_to_its_last_entry(tmp_path, monkeypatch):
+    """A root 0755 directory that holds a 0666 library is not root's alone: every entry,
+    by lstat, and a bounded number of them. (The tree is under pytest's directory, whose
+    ancestors include /tmp, so the walk is called as driver_binds calls it.)"""
+    walked = []
+    monkeypatch.setattr(gpus, "_check_tree", lambda host, real: walked.append((host, real)))
+    assert gpus.driver_binds((("/etc", "/x"),)) == [("/etc", "/x", True)] and walked == [("/etc", "/etc")]
+    monkeypatch.undo()
+    top = tmp_path / "drv"
+    (top / "sub").mkdir(parents=True)
+    os.chmod(top, 0o755)
+    lib = top / "sub" / "libcuda.so.1"
+    lib.write_text("")
+    os.chmod(lib, 0o644)
+    os.symlink("libcuda.so.1", top / "sub" / "libcuda.so")                 # resolves inside the container
+    gpus._check_tree(str(top), str(top))
+    os.chmod(lib, 0o666)
+    with pytest.raises(NodeFault, match=r"libcuda.so.1 is not root's alone \(owner uid 0, mode 666\)"):
+        gpus._check_tree(str(top), str(top))
+    os.chmod(lib, 0o644)
+    os.chown(lib, 65534, 0)
+    with pytest.raises(NodeFault, match="not root's alone"):
+        gpus._check_tree(str(top), str(top))
+    os.chown(lib, 0, 0)
+    os.chmod(top / "sub", 0o775)
+    with pytest.raises(NodeFault, match="sub is not root's alone"):
+        gpus._check_tree(str(top), str(top))
+    os.chmod(top / "sub", 0o755)
+    os.mkfifo(top / "sub" / "fifo")
+    with pytest.raises(NodeFault, match="neither a file, a directory nor a link"):
+        gpus._check_tree(str(top), str(top))
+    os.unlink(top / "sub" / "fifo")
+    monkeypatch.setattr(gpus, "MAX_TREE", 2)
+    with pytest.raises(NodeFault, match="more than 2 entries"):
+        gpus._check_tree(str(top), str(top))
+
+
 def test_every_login_gets_its_containers_gpu_variables(tmp_path):
     text = gpus.env_file_text(["j-n0-s0", "j-n0-s1", "j-n0-s2"],
                               [gpus.Share(env={"CUDA_VISIBLE_DEVICES": "0,1", "NVIDIA_VISIBLE_DEVICES": "2,3"}),
