@@ -401,6 +401,24 @@ def _probe(jobid: str, cgroup: str, pairs: Sequence[str], where: str) -> List[in
     return [int(w) - 1 for w in words if w != "0"]
 
 
+def _cgroup_name(root: str, jobid: str) -> str:
+    """The job's cgroup directory under ``root``: ``<jobid>``, or, made by a pbs_mom in
+    multi-mom mode, ``<jobid>.<port>`` (docs/torque-facts.md "GPUs"); "" when neither is
+    there. Two ports' cgroups of one job (two moms of this host in the job) cannot be told
+    apart from here: refused, nobody's proven fault."""
+    if os.path.isdir(os.path.join(root, jobid)):
+        return jobid
+    try:
+        names = sorted(n for n in os.listdir(root) if re.fullmatch(re.escape(jobid) + r"\.[0-9]{1,5}", n))
+    except OSError:
+        return ""
+    if len(names) > 1:
+        raise TorqueDockerError(f"pbs_moms of several ports hold a devices cgroup of job {jobid} here "
+                                f"({', '.join(names[:4])}): which is this one's cannot be told",
+                                "run one pbs_mom per node with [gpus] sister = cgroup, or choose another [gpus] sister")
+    return names[0] if names else ""
+
+
 def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequence[str]] = None,
                 where: str = "") -> List[int]:
     """The indices of this node's GPUs that Torque's devices cgroup of the job lets it use.
@@ -408,10 +426,11 @@ def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequenc
     Torque (src/resmom/trq_cgroups.c, trq_cg_add_devices_to_cgroup) writes a ``c 195:N rwm``
     line into the job's ``devices.deny`` for every GPU NOT given to the job; the cgroup
     otherwise allows everything, and the kernel then shows only ``a *:* rwm`` in
-    ``devices.list``. So a short-lived child joins the cgroup and tries to mknod each GPU's
+    ``devices.list``. So a short-lived child joins the cgroup (``<jobid>``, multi-mom ``<jobid>.<port>``) and tries to mknod each GPU's
     major:minor in ``where`` (root's alone; see ``_PROBE``); what it may make, the job may
-    use. A cgroup whose list is a plain allow-list is read directly. No cgroup is the
-    node's fault: the site said Torque restricts jobs to their GPUs here."""
+    use. A cgroup whose list is a plain allow-list is read directly. No Torque devices
+    cgroups at all is the node's fault (the site said Torque restricts jobs to their GPUs
+    here); only this job's missing is not proven (a qdel removes it)."""
     fix = "run pbs_mom with cgroups (--enable-cgroups) on this node, or choose another [gpus] sister"
     roots = DEVICES_ROOTS if roots is None else roots
     if "/" in jobid or jobid in ("", ".", ".."):
@@ -419,18 +438,25 @@ def read_cgroup(jobid: str, gpus_here: Sequence[Device], roots: Optional[Sequenc
     text: Optional[str] = None
     found = ""
     for root in roots:
+        name = _cgroup_name(root, jobid)
+        if not name:
+            continue
         try:
-            fd = os.open(os.path.join(root, jobid, "devices.list"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(os.path.join(root, name, "devices.list"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
         try:
             text = os.read(fd, MAX_FILE).decode("ascii", errors="replace")
         finally:
             os.close(fd)
-        found = os.path.join(root, jobid)
+        found = os.path.join(root, name)
         break
     if text is None:
-        raise NodeFault(f"Torque's devices cgroup of job {jobid} is not there ({', '.join(roots)})", fix)
+        if not any(os.path.isdir(root) for root in roots):
+            raise NodeFault(f"Torque's devices cgroup of job {jobid} is not there ({', '.join(roots)} is missing)",
+                            fix)
+        # pbs_mom makes it before the prologues; a qdel meanwhile removes it: not proven the node's
+        raise TorqueDockerError(f"Torque's devices cgroup of job {jobid} is not there (in {', '.join(roots)})", fix)
     pairs: List[Tuple[int, str]] = []
     for index, (host, _) in enumerate(gpus_here):
         try:

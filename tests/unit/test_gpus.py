@@ -191,9 +191,33 @@ def test_an_allow_list_cgroup_names_the_jobs_gpus_by_major_minor(tmp_path):
     job.mkdir(parents=True)
     (job / "devices.list").write_text("c 1:3 rwm\nc 1:8 rwm\nc 195:255 rwm\nb 8:0 r\n")
     assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 3]
-    with pytest.raises(NodeFault, match="not there") as info:
+    with pytest.raises(TorqueDockerError, match="not there") as info:     # the job's only: a qdel can do that
         gpus.read_cgroup("8.srv", here, [str(tmp_path / "cg")])
-    assert "--enable-cgroups" in info.value.fix
+    assert "--enable-cgroups" in info.value.fix and not info.value.node_fault
+    with pytest.raises(NodeFault, match="is missing"):                     # no Torque cgroups at all: the node's
+        gpus.read_cgroup("8.srv", here, [str(tmp_path / "no-cg")])
+
+
+def test_a_multi_mom_cgroup_carries_the_port(tmp_path):
+    """A pbs_mom in multi-mom mode names the job's cgroup <jobid>.<port>: found when the
+    plain name is not there; two ports' cgroups of one job are refused, as no node's fault."""
+    dev = fake(tmp_path)
+    here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
+    root = tmp_path / "cg"
+    (root / "7.srv.15003").mkdir(parents=True)
+    (root / "7.srv.15003" / "devices.list").write_text("c 1:5 rwm\n")
+    (root / "17.srv.15003").mkdir()                          # another job's: never taken for 7.srv
+    (root / "17.srv.15003" / "devices.list").write_text("c 1:3 rwm\n")
+    assert gpus.read_cgroup("7.srv", here, [str(root)]) == [1]
+    (root / "7.srv").mkdir()                                 # the plain name wins
+    (root / "7.srv" / "devices.list").write_text("c 1:8 rwm\n")
+    assert gpus.read_cgroup("7.srv", here, [str(root)]) == [3]
+    (root / "7.srv" / "devices.list").unlink()
+    (root / "7.srv").rmdir()
+    (root / "7.srv.15004").mkdir()
+    with pytest.raises(TorqueDockerError, match="several ports") as info:
+        gpus.read_cgroup("7.srv", here, [str(root)])
+    assert not info.value.node_fault
     with pytest.raises(NodeFault):
         gpus.read_cgroup("../7.srv", here, [str(tmp_path / "cg")])
 
