@@ -614,7 +614,32 @@ def describe(cfg) -> str:
     if method == "devices":
         text += "; shared: " + (" ".join(h for h, _ in cfg.gpus_shared_devices) or "none")
         text += "; driver files: " + (" ".join(h for h, _ in cfg.gpus_driver_files) or "none")
+    if method == "nvidia-runtime":
+        text += ("; Docker is given NVML indices, taken to be Torque's numbers (the /dev/nvidiaN minors): "
+                 "check compares them when nvidia-smi is installed (by hand: nvidia-smi -q | grep -i 'minor number')")
     return text
+
+
+SMI = "nvidia-smi"
+
+
+def smi_index_minors() -> Optional[List[Tuple[int, int]]]:
+    """(NVML index, /dev/nvidiaN minor) of each GPU as nvidia-smi reports them; None when
+    nvidia-smi is not installed or does not answer plainly (nothing to compare)."""
+    import subprocess
+    found = next((os.path.join(d, SMI) for d in HOOK_DIRS if os.access(os.path.join(d, SMI), os.X_OK)), "")
+    if not found:
+        return None
+    try:
+        done = subprocess.run([found, "--query-gpu=index,minor_number", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                              env={"PATH": "/bin:/usr/bin"}, cwd="/")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    pairs = [tuple(w.strip() for w in line.split(",")) for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not all(len(p) == 2 and p[0].isdigit() and p[1].isdigit() for p in pairs):
+        return None
+    return [(int(p[0]), int(p[1])) for p in pairs]
 
 
 def check_node(cfg) -> None:
@@ -632,3 +657,10 @@ def check_node(cfg) -> None:
         raise NodeFault(f"[gpus] method = nvidia-runtime, but {HOOK} is not installed here (dockerd offers "
                         "the 'nvidia' device driver only with it)",
                         "install the NVIDIA Container Toolkit on this node, or set [gpus] method = devices")
+    if cfg.gpus_method == "nvidia-runtime":
+        differ = [(index, minor) for index, minor in smi_index_minors() or () if index != minor]
+        if differ:
+            raise NodeFault(f"[gpus] method = nvidia-runtime gives Docker NVML indices, and here NVML's GPU "
+                            f"{differ[0][0]} is /dev/nvidia{differ[0][1]}, the GPU Torque numbers "
+                            f"{differ[0][1]}: jobs would get other GPUs than Torque gave them",
+                            "set [gpus] method = devices on this node (it passes /dev/nvidiaN by Torque's number)")

@@ -589,3 +589,32 @@ def test_check_describes_the_method(tmp_path):
     if not any(os.access(os.path.join(d, gpus.HOOK), os.X_OK) for d in gpus.HOOK_DIRS):
         with pytest.raises(NodeFault, match="nvidia-container-runtime-hook is not installed"):
             gpus.check_node(monkey)
+
+
+def test_check_compares_nvml_indices_with_torques_numbers(tmp_path, monkeypatch):
+    """nvidia-runtime hands Docker NVML indices; Torque numbers GPUs by /dev/nvidiaN's minor.
+    check says so, and FAILs where nvidia-smi shows they differ."""
+    dev = fake(tmp_path, 2)
+    cfg = cfg_for(dev, method="nvidia-runtime")
+    assert "nvidia-smi -q | grep -i 'minor number'" in gpus.describe(cfg)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)            # the hook "installed"
+    monkeypatch.setattr(gpus, "smi_index_minors", lambda: [(0, 0), (1, 1)])
+    gpus.check_node(cfg)
+    monkeypatch.setattr(gpus, "smi_index_minors", lambda: None)             # nothing to compare with
+    gpus.check_node(cfg)
+    monkeypatch.setattr(gpus, "smi_index_minors", lambda: [(0, 1), (1, 0)])
+    with pytest.raises(NodeFault, match="NVML's GPU 0 is /dev/nvidia1") as info:
+        gpus.check_node(cfg)
+    assert "method = devices" in info.value.fix
+
+
+
+def test_nvidia_smis_answer_is_read_or_ignored(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    monkeypatch.setattr(gpus, "HOOK_DIRS", (str(tmp_path),))
+    assert gpus.smi_index_minors() is None                                  # not installed
+    smi.write_text("#!/bin/sh\nprintf '0, 1\\n1, 0\\n'\n")
+    smi.chmod(0o755)
+    assert gpus.smi_index_minors() == [(0, 1), (1, 0)]
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'; exit 9\n")
+    assert gpus.smi_index_minors() is None
