@@ -57,6 +57,7 @@ _GPU_LINE = re.compile(r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]{0,252})-gpu/?(?P<ind
 
 # ----------------------------------------------------------------------------- the request
 MAX_NODES = 100000            # node requests counted; more than any Torque cluster has
+_DIGITS = re.compile(r"[0-9]{1,9}")     # Torque's number(): ASCII digits (str.isdigit takes '²' too)
 
 
 def per_node(nodes_spec: str) -> List[int]:
@@ -78,7 +79,7 @@ def per_node(nodes_spec: str) -> List[int]:
     for chunk in node_chunks(nodes_spec):
         fields = chunk.split(":")
         head = fields[0]
-        if head.isdigit():
+        if _DIGITS.fullmatch(head):
             count, rest = int(head), fields[1:]
             if count < 1 and asks:
                 raise refuse(f"{chunk!r} asks for no node")
@@ -92,7 +93,7 @@ def per_node(nodes_spec: str) -> List[int]:
             if not extra and asks:
                 raise refuse(f"an empty field in {chunk!r}")
             if key == "gpus" and sep:
-                if not (value.isdigit() and int(value) > 0):
+                if not (_DIGITS.fullmatch(value) and int(value) > 0):
                     raise refuse(f"gpus={value[:20]!r} is not a positive number")
                 gpus = int(value)
         out.extend([gpus] * min(count, MAX_NODES - len(out)))

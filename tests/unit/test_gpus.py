@@ -36,13 +36,14 @@ def test_gpus_per_node_follow_the_request_in_node_order():
     ("gpus=2", [2]),                                # a request without a count or name is one node
     ("3#excl", [0, 0, 0]),
     ("n1::ppn=2", [0]),                             # no gpus=: the server judges the rest
+    ("\u00b2:gpus=1", [1]),                          # not ASCII digits: a name (one node), never int()'s crash
 ])
 def test_gpus_are_read_like_torque_reads_them(spec, expected):
     assert gpus.per_node(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["2:gpus=2x", "2:gpus=", "2:gpus=-1", "2:gpus=0", "1:ppn=2#gpus=two", "n1+:gpus=1",
-                                  "0:gpus=1", "2::gpus=1", "n1:gpus=1+", "2:gpus=1#"])
+                                  "0:gpus=1", "2::gpus=1", "n1:gpus=1+", "2:gpus=1#", "2:gpus=\u00b2"])
 def test_a_gpu_request_not_read_exactly_is_refused_as_the_users(spec):
     with pytest.raises(PolicyError, match="cannot read the GPUs") as info:
         gpus.refuse_requested({"nodes": spec}, "devices", "cgroup")
