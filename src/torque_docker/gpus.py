@@ -11,7 +11,11 @@ does what the site chose in ``[gpus] sister``:
 - ``whole-node``: the sister gives the node's GPUs when the job asked for as many as the
   node has (then Torque can have chosen no other set), and refuses otherwise;
 - ``cgroup``: the sister reads Torque's devices cgroup of the job (Torque built with
-  cgroups allows the job exactly its GPUs' device nodes), a missing one is the node's fault.
+  cgroups allows the job exactly its GPUs' device nodes); no Torque devices cgroups at all
+  is the node's fault, the job's alone missing is not proven (``read_cgroup``).
+
+What Torque chose (the gpu file, the cgroup) is what the job gets, whatever count the
+``nodes=`` request says (``for_node``); the request is read as Torque reads it (``per_node``).
 
 How: ``[gpus] method``: ``devices`` passes each GPU's device node (``[gpus] devices``) plus
 the node-wide ones (``shared_devices``) and binds the site's driver files read-only;
