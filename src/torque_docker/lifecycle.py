@@ -92,7 +92,7 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     mem_limit = resources.memory_limit(requested, model, slots_here or 1, num_nodes)
     passed = devices.resolve(cfg.devices_paths)     # the node's fault when the site's devices are missing
     gpu_shares = gpus.for_node(cfg, requested, is_ms=ctx.is_ms, node_index=ctx.node_index, jobid=ctx.jobid,
-                               gpu_file=str(ctx.gpu_file), containers=len(local.containers))
+                               gpu_file=str(ctx.gpu_file), containers=len(local.containers), log=log)
     timer.step("plan")
 
     state = NodeState(cfg.paths_state_dir)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import RequestError
-from .torque import job_tag, parse_nodes_spec, slots_by_host
+from .torque import job_tag, nodes_request, parse_nodes_spec, slots_by_host
 
 PortsFor = Callable[[int, int], Sequence[int]]   # (node index, container slot) -> candidate ports
 
@@ -86,11 +86,11 @@ def slot_alias(nodes: Sequence[NodePlan]) -> Dict[int, str]:
 def local_slot_count(node_index: int, resources: Mapping[str, str], num_ppn: int = 0, num_nodes: int = 0) -> int:
     """Slots this node holds, without a nodefile (sisters have none).
 
-    From the ``nodes=`` spec (``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``), else PBS_NUM_PPN
+    From the node request (``neednodes``, else ``nodes``: ``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``), else PBS_NUM_PPN
     (``num_ppn``), else ``procs=`` spread over PBS_NUM_NODES (``num_nodes``); 0 is not
     given. Raises when it cannot tell.
     """
-    spec = resources.get("nodes") or resources.get("neednodes") or ""
+    spec = nodes_request(resources)
     if spec:
         per_node: List[int] = []
         for _name, count, ppn in parse_nodes_spec(spec):

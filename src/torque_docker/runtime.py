@@ -32,13 +32,23 @@ NODE_TROUBLE = ("no space left on device", "read-only file system", "input/outpu
                 "disk quota exceeded", "connection refused", "cannot connect to the docker daemon")
 
 
+#: Words of a refusal that come from an OCI hook (the NVIDIA runtime's nvidia-container-cli,
+#: which mounts the driver into the image's file system): the image can cause any of its
+#: errors (a symlink of the image's into a read-only path gives "read-only file system").
+HOOK_WORDS = ("error running hook", "nvidia-container-cli")
+
+
 def node_trouble(text: str, sources: Sequence[str] = ()) -> bool:
     """Does Docker's refusal say the node is out of something or broken? Not when it names
     one of the container's bind sources: a user's directory (a FUSE mount of theirs that
-    answers EIO, say) can put those very words in it, and a user must not mark a node down."""
+    answers EIO, say) can put those very words in it, and a user must not mark a node down.
+    Nor when an OCI hook failed (``HOOK_WORDS``): the hook works on the image's files."""
     if any(source and source in text for source in sources):
         return False
-    return any(word in text.lower() for word in NODE_TROUBLE)
+    lowered = text.lower()
+    if any(word in lowered for word in HOOK_WORDS):
+        return False
+    return any(word in lowered for word in NODE_TROUBLE)
 
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # Docker's own default
@@ -351,6 +361,12 @@ class Runtime:
                 raise ImageError(f"image {spec.image} is not on this node", "check the image name") from None
             text = _short(exc)
             self.remove(spec.name)
+            if any(word in text.lower() for word in HOOK_WORDS):
+                # the image's files can make the hook fail as well as a broken driver can
+                raise ContainerFault(f"Docker could not start container {spec.name}: an OCI hook failed: {text}",
+                                     "if the image puts its own files or links where the NVIDIA driver is mounted, "
+                                     "try another image; if every GPU job fails on this node, check its driver "
+                                     "(nvidia-smi) and the NVIDIA Container Toolkit") from None
             if "executable file not found" in text or "no such file or directory" in text:
                 raise no_sshd(spec.image, spec.command[0]) from None
             if "could not select device driver" in text:

@@ -329,10 +329,32 @@ def slots_by_host(hosts: Sequence[str]) -> "OrderedDict[str, List[int]]":
     return table
 
 
+def nodes_request(resources: Mapping[str, str]) -> str:
+    """The job's node request as the server allocates from it: ``neednodes`` (the server
+    copies ``nodes`` into it at submission and a scheduler may rewrite it;
+    src/server/resc_def_all.c, req_runjob.c assign_hosts), else ``nodes`` (qsub's, in the
+    submit filter)."""
+    return resources.get("neednodes") or resources.get("nodes") or ""
+
+
+def node_chunks(spec: str) -> List[str]:
+    """A ``nodes=`` value cut into its node requests as Torque reads it: each ``#global``
+    at the end is stripped and appended as ``:global`` to every ``+``-separated request,
+    the last global first (``mod_spec`` and its callers in src/server/node_manager.c), then
+    the value is split on ``+`` and ``|``. ``2:ppn=4#excl`` is ``["2:ppn=4:excl"]``,
+    ``n1+n2#gpus=1`` is ``["n1:gpus=1", "n2:gpus=1"]``."""
+    base, sep, globs = spec.partition("#")
+    if sep:
+        for glob in reversed(globs.split("#")):
+            base = base.replace("+", f":{glob}+") + f":{glob}"
+    return re.split(r"[+|]", base)
+
+
 def parse_nodes_spec(spec: str) -> List[Tuple[Optional[str], int, int]]:
-    """``nodes=`` into [(name or None, count, ppn)]: ``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``."""
+    """``nodes=`` into [(name or None, count, ppn)]: ``2:ppn=4``, ``n1:ppn=4+n2:ppn=2``, ``3``,
+    ``2#ppn=4`` (a global: see ``node_chunks``)."""
     parts: List[Tuple[Optional[str], int, int]] = []
-    for chunk in spec.split("+"):
+    for chunk in node_chunks(spec):
         fields = chunk.split(":")
         head, ppn = fields[0], 1
         for extra in fields[1:]:

@@ -269,3 +269,18 @@ def test_dockers_words_for_node_trouble_count_only_when_no_job_directory_is_name
     # a user's directory (their FUSE mount, say) answering EIO through the staged bind
     assert not node_trouble(f'error mounting "{staged}" to rootfs: input/output error', [staged])
     assert not node_trouble("invalid mount config: permission denied", [staged])
+
+
+def test_an_nvidia_hooks_error_is_never_node_trouble():
+    """nvidia-container-cli mounts the driver into the image's file system: an image whose
+    /usr/lib64 links into a read-only path makes it say 'read-only file system'. That must
+    not take a sister's node down (the words alone would)."""
+    from torque_docker.runtime import node_trouble
+    text = ("OCI runtime create failed: runc create failed: unable to start container process: error during "
+            "container init: error running hook #0: error running hook: exit status 1, stdout: , stderr: "
+            "nvidia-container-cli: mount error: file creation failed: /var/lib/docker/overlay2/x/merged/usr/lib64/"
+            "libcuda.so.1: read-only file system: unknown")
+    assert node_trouble(text.split("error running hook #0: ")[0] + "read-only file system")   # the words alone
+    assert not node_trouble(text)
+    assert not node_trouble("nvidia-container-cli: initialization error: input/output error")
+    assert not node_trouble("error running hook: exit status 1, stderr: no space left on device")

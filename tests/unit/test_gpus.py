@@ -6,12 +6,13 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from torque_docker import config, gpus
-from torque_docker.errors import ConfigError, NodeFault, PolicyError
+from torque_docker import config, errors, gpus
+from torque_docker.errors import ConfigError, NodeFault, PolicyError, TorqueDockerError
 from torque_docker.runtime import ContainerSpec, Runtime
 
 
@@ -21,6 +22,51 @@ def test_gpus_per_node_follow_the_request_in_node_order():
     assert gpus.per_node("n1:ppn=2:gpus=1+n2:ppn=2") == [1, 0]
     assert gpus.per_node("3") == [0, 0, 0]
     assert gpus.requested("2:ppn=4:gpus=2+n9:gpus=3") == 7
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("2:ppn=4:gpus=2#excl", [2, 2]),               # Torque strips #excl and appends it to every request
+    ("2:ppn=4:gpus=2#shared", [2, 2]),
+    ("2:ppn=1#gpus=2", [2, 2]),                     # a global gpus= asks on every node
+    ("n1:ppn=2+n2:ppn=2#gpus=1", [1, 1]),
+    ("2:gpus=1+n3:gpus=2#excl", [1, 1, 2]),
+    ("2:gpus=1#gpus=3", [3, 3]),                    # appended after: the last gpus= of a request counts
+    ("2#gpus=2#gpus=3", [2, 2]),                    # the last global is appended first (mod_spec order)
+    ("n1:gpus=1|n2:gpus=2", [1, 2]),
+    ("gpus=2", [2]),                                # a request without a count or name is one node
+    ("3#excl", [0, 0, 0]),
+    ("n1::ppn=2", [0]),                             # no gpus=: the server judges the rest
+    ("\u00b2:gpus=1", [1]),                          # not ASCII digits: a name (one node), never int()'s crash
+])
+def test_gpus_are_read_like_torque_reads_them(spec, expected):
+    assert gpus.per_node(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["2:gpus=2x", "2:gpus=", "2:gpus=-1", "2:gpus=0", "1:ppn=2#gpus=two", "n1+:gpus=1",
+                                  "0:gpus=1", "2::gpus=1", "n1:gpus=1+", "2:gpus=1#", "2:gpus=\u00b2"])
+def test_a_gpu_request_not_read_exactly_is_refused_as_the_users(spec):
+    with pytest.raises(PolicyError, match="cannot read the GPUs") as info:
+        gpus.refuse_requested({"nodes": spec}, "devices", "cgroup")
+    assert info.value.user_error and not info.value.node_fault and "nodes=N:ppn=M:gpus=G" in info.value.fix
+
+
+def test_globals_cannot_slip_gpus_past_the_sites_refusals():
+    with pytest.raises(PolicyError, match="method = none"):
+        gpus.refuse_requested({"nodes": "1:ppn=1#gpus=2"})
+    with pytest.raises(PolicyError, match="sister = refuse"):
+        gpus.refuse_requested({"nodes": "2:ppn=1#gpus=2"}, "devices", "refuse")
+    with pytest.raises(PolicyError, match="sister = refuse"):
+        gpus.refuse_requested({"nodes": "2:ppn=4:gpus=2#excl"}, "devices", "refuse")
+
+
+def test_the_servers_neednodes_is_read_before_nodes():
+    """The server allocates from neednodes (a scheduler may rewrite it), so the node order
+    and counts are its; the plan's slot count reads the same."""
+    from torque_docker.plan import local_slot_count
+    both = {"nodes": "1:ppn=2", "neednodes": "n1:ppn=2+n2:ppn=3:gpus=1"}
+    assert gpus.per_node(gpus.nodes_request(both)) == [0, 1]
+    assert local_slot_count(1, both) == 3
+    assert local_slot_count(1, {"nodes": "2#ppn=5"}) == 5
 
 
 def test_the_site_without_gpus_refuses_a_gpu_job_as_the_users():
@@ -83,7 +129,8 @@ def fake(root: Path, count: int = 4) -> Path:
 
 
 def cfg_for(dev: Path, method: str = "devices", sister: str = "refuse") -> config.Config:
-    return config.parse_text(f"[network]\nnode_name = n1\n[gpus]\nmethod = {method}\n"
+    return config.parse_text(f"[paths]\nstate_dir = {dev.parent / 'state'}\n"
+                             f"[network]\nnode_name = n1\n[gpus]\nmethod = {method}\n"
                              f"devices = {dev}/nvidia%d:/dev/nvidia%d\nshared_devices = {dev}/nvidiactl:/dev/nvidiactl\n"
                              f"sister = {sister}\n")
 
@@ -145,11 +192,45 @@ def test_an_allow_list_cgroup_names_the_jobs_gpus_by_major_minor(tmp_path):
     job.mkdir(parents=True)
     (job / "devices.list").write_text("c 1:3 rwm\nc 1:8 rwm\nc 195:255 rwm\nb 8:0 r\n")
     assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 3]
-    with pytest.raises(NodeFault, match="not there") as info:
+    with pytest.raises(TorqueDockerError, match="not there") as info:     # the job's only: a qdel can do that
         gpus.read_cgroup("8.srv", here, [str(tmp_path / "cg")])
-    assert "--enable-cgroups" in info.value.fix
+    assert "--enable-cgroups" in info.value.fix and not info.value.node_fault
+    with pytest.raises(NodeFault, match="is missing"):                     # no Torque cgroups at all: the node's
+        gpus.read_cgroup("8.srv", here, [str(tmp_path / "no-cg")])
+
+
+def test_a_multi_mom_cgroup_carries_the_port(tmp_path):
+    """A pbs_mom in multi-mom mode names the job's cgroup <jobid>.<port>: found when the
+    plain name is not there; two ports' cgroups of one job are refused, as no node's fault."""
+    dev = fake(tmp_path)
+    here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
+    root = tmp_path / "cg"
+    (root / "7.srv.15003").mkdir(parents=True)
+    (root / "7.srv.15003" / "devices.list").write_text("c 1:5 rwm\n")
+    (root / "17.srv.15003").mkdir()                          # another job's: never taken for 7.srv
+    (root / "17.srv.15003" / "devices.list").write_text("c 1:3 rwm\n")
+    assert gpus.read_cgroup("7.srv", here, [str(root)]) == [1]
+    (root / "7.srv").mkdir()                                 # the plain name wins
+    (root / "7.srv" / "devices.list").write_text("c 1:8 rwm\n")
+    assert gpus.read_cgroup("7.srv", here, [str(root)]) == [3]
+    (root / "7.srv" / "devices.list").unlink()
+    (root / "7.srv").rmdir()
+    (root / "7.srv.15004").mkdir()
+    with pytest.raises(TorqueDockerError, match="several ports") as info:
+        gpus.read_cgroup("7.srv", here, [str(root)])
+    assert not info.value.node_fault
     with pytest.raises(NodeFault):
         gpus.read_cgroup("../7.srv", here, [str(tmp_path / "cg")])
+
+
+def deny_style(tmp_path: Path, count: int = 3):
+    dev = fake(tmp_path, count)
+    here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
+    job = tmp_path / "cg" / "7.srv"
+    job.mkdir(parents=True)
+    (job / "devices.list").write_text("a *:* rwm\n")
+    (job / "tasks").write_text("")
+    return here, job, gpus.probe_dir(str(tmp_path / "state"))
 
 
 def test_torques_deny_style_cgroup_is_probed_from_inside_it(tmp_path):
@@ -157,18 +238,86 @@ def test_torques_deny_style_cgroup_is_probed_from_inside_it(tmp_path):
     child joins the cgroup (writes its pid to tasks) and tries mknod of each GPU. Here the
     cgroup is a stand-in directory (this machine has no cgroup v1 devices controller), so
     the child may make every node: what is tested is the plumbing, the denial is the kernel's."""
-    dev = fake(tmp_path, 3)
-    here = gpus.node_gpus(((f"{dev}/nvidia%d", "/dev/nvidia%d"),))
-    job = tmp_path / "cg" / "7.srv"
-    job.mkdir(parents=True)
-    (job / "devices.list").write_text("a *:* rwm\n")
-    (job / "tasks").write_text("")
-    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")]) == [0, 1, 2]
+    here, job, where = deny_style(tmp_path)
+    assert stat.S_IMODE(os.stat(where).st_mode) == 0o700 and os.stat(where).st_uid == os.geteuid()
+    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where) == [0, 1, 2]
     assert (job / "tasks").read_text().isdigit()          # the child joined it, not the hook
+    assert os.listdir(where) == []                        # every node it made is gone
     (job / "tasks").unlink()
-    (job / "tasks").mkdir()                                # joining fails: the node's fault, said
-    with pytest.raises(NodeFault, match="cannot look into Torque's devices cgroup of job 7.srv"):
-        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")])
+    (job / "tasks").mkdir()         # joining fails: nobody's proven fault (a qdel removes the cgroup)
+    with pytest.raises(TorqueDockerError, match="cannot look into Torque's devices cgroup of job 7.srv") as info:
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+    assert not info.value.node_fault and not info.value.user_error
+
+
+def test_the_cgroup_probe_never_works_in_the_job_users_tmpdir(tmp_path, monkeypatch):
+    """pbs_mom gives the prologue TMPDIR=<the job user's directory>: root's probe must not make
+    (or unlink) anything there, nor follow a link planted for it; the child gets no
+    environment of the hook's, runs in /, and ignores PYTHON* variables (-I)."""
+    here, job, where = deny_style(tmp_path)
+    users = tmp_path / "users-tmp"
+    users.mkdir(mode=0o777)
+    os.chmod(users, 0o1777)
+    monkeypatch.setenv("TMPDIR", str(users))
+    monkeypatch.setenv("PYTHONPATH", str(users))
+    seen = []
+    real_run = subprocess.run
+
+    def spy(argv, **kwargs):
+        seen.append((argv, kwargs))
+        return real_run(argv, **kwargs)
+    monkeypatch.setattr(subprocess, "run", spy)
+    assert gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where) == [0, 1, 2]
+    assert os.listdir(users) == []
+    (argv, kwargs), = seen
+    assert argv[1:4] == ["-I", "-S", "-c"] and argv[5:7] == [str(job / "tasks"), where]
+    assert kwargs["env"] == {"PATH": "/bin:/usr/bin"} and kwargs["cwd"] == "/"
+    # The directory must be root's alone, and is not followed when it is a link.
+    os.rmdir(where)
+    os.symlink(users, where)
+    with pytest.raises(TorqueDockerError, match="probe directory") as info:
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+    assert not info.value.node_fault and os.listdir(users) == []
+    os.unlink(where)
+    assert stat.S_IMODE(os.stat(gpus.probe_dir(str(tmp_path / "state"))).st_mode) == 0o700
+    os.chmod(where, 0o755)
+    with pytest.raises(TorqueDockerError, match="not a directory of root's alone"):
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+
+
+def test_only_eperm_from_mknod_means_denied(tmp_path, monkeypatch):
+    """EPERM is the cgroup's no. Without the right to mknod at all (here: the child runs as
+    nobody, so even the control /dev/null is refused) the probe says nothing: a failure, no
+    GPU taken as denied. Any other error of the child is a failure that is nobody's proven
+    fault, even words like 'read-only file system' (never a sister's node-down)."""
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    here, _, _ = deny_style(tmp_path)
+    where = tempfile.mkdtemp(prefix="probe-")          # pytest's own directories are root's 0700
+    try:
+        os.chown(where, nobody.pw_uid, nobody.pw_gid)
+        as_nobody = dict(user=nobody.pw_uid, group=nobody.pw_gid, capture_output=True, text=True, cwd="/")
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", gpus._PROBE, "/dev/null", where, "1:3", "1:5"],
+                              **as_nobody)
+        assert done.returncode == 0 and done.stdout.split() == []      # EPERM: denied, nothing made
+        assert os.listdir(where) == []
+        real_run = subprocess.run
+        monkeypatch.setattr(subprocess, "run", lambda argv, **kw: real_run(
+            argv[:5] + ["/dev/null"] + argv[6:], **{**kw, **as_nobody}))
+        with pytest.raises(TorqueDockerError, match="even /dev/null's number may not be made") as info:
+            gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+        assert not info.value.node_fault
+    finally:
+        os.rmdir(where)
+    failed = subprocess.CompletedProcess([], 4, "", "mknod 1:5: [Errno 30] Read-only file system\n")
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: failed)
+    with pytest.raises(TorqueDockerError, match="Read-only file system") as info:
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
+    assert not info.value.node_fault and not errors.is_node_fault(info.value)
+    answered = subprocess.CompletedProcess([], 0, "0 9\n", "")          # a position it was never given
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: answered)
+    with pytest.raises(TorqueDockerError, match="cannot look into"):
+        gpus.read_cgroup("7.srv", here, [str(tmp_path / "cg")], where=where)
 
 
 # ----------------------------------------------------------------------------- shares
@@ -212,15 +361,41 @@ def test_the_ms_gives_the_gpus_torque_chose_in_host_order(tmp_path):
     assert for_node(cfg, "n1:ppn=2", tmp_path, containers=2) == [gpus.NO_GPUS, gpus.NO_GPUS]
 
 
+class Said:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, jobid, message):
+        self.lines.append((jobid, message))
+
+
 def test_the_ms_refuses_what_its_node_cannot_have(tmp_path):
     cfg = cfg_for(fake(tmp_path, 2))
     with pytest.raises(NodeFault, match="GPU 3 of n1, which has GPU device nodes for 2"):
         for_node(cfg, "n1:gpus=1", tmp_path, text="n1-gpu3\n")
-    with pytest.raises(NodeFault, match="asks for 2 GPU\\(s\\) on n1, and the gpu file pbs_mom wrote gives it 1"):
-        for_node(cfg, "n1:gpus=2", tmp_path, text="n1-gpu0\n")
     (tmp_path / "dev" / "nvidiactl").unlink()
     with pytest.raises(NodeFault, match="nvidiactl \\(\\[gpus\\] shared_devices\\) is missing here"):
         for_node(cfg, "n1:gpus=1", tmp_path, text="n1-gpu0\n")
+
+
+def test_the_gpu_file_is_torques_choice_whatever_the_request_says(tmp_path):
+    """The request is the user's text (and the resource list can be cut): a count other than
+    the gpu file's is never the node's fault; the job gets the file's GPUs, and it is logged.
+    A file naming none of this node's GPUs is nobody's proven fault."""
+    cfg = cfg_for(fake(tmp_path, 2))
+    said = Said()
+    path = tmp_path / "aux" / "9.srvgpu"
+    path.parent.mkdir()
+    gpu_file(path, "n1-gpu1\n")
+    got = gpus.for_node(cfg, {"nodes": "n1:gpus=2"}, is_ms=True, node_index=0, jobid="9.srv", gpu_file=str(path),
+                        containers=1, log=said)
+    assert [s.indices for s in got] == [(1,)]
+    assert said.lines == [("9.srv", "the job asks for 2 GPU(s) on n1, and the gpu file pbs_mom wrote gives it 1 (1): "
+                                    "it gets those")]
+    gpu_file(path, "n2-gpu0\n")
+    with pytest.raises(TorqueDockerError, match="gives it none") as info:
+        for_node(cfg, "n1:gpus=2", tmp_path)
+    assert not info.value.node_fault and not info.value.user_error and "node_name" in info.value.fix
 
 
 def test_a_sister_with_whole_node_takes_all_or_refuses(tmp_path):
@@ -248,6 +423,13 @@ def test_a_sister_with_cgroup_reads_torques_cgroup(tmp_path, monkeypatch):
     monkeypatch.setattr(gpus, "DEVICES_ROOTS", (str(tmp_path / "cg"),))
     got = for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1, containers=2)
     assert [s.indices for s in got] == [(1,), (2,)]
+    (job / "devices.list").write_text("c 1:5 rwm\n")              # fewer than asked: what Torque allows
+    got = for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1, containers=2)
+    assert [s.indices for s in got] == [(1,), (1,)]
+    (job / "devices.list").write_text("c 1:1 rwm\n")              # none: nobody's proven fault
+    with pytest.raises(TorqueDockerError, match="Torque's devices cgroup gives it none") as info:
+        for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1)
+    assert not info.value.node_fault
     monkeypatch.setattr(gpus, "DEVICES_ROOTS", (str(tmp_path / "none"),))
     with pytest.raises(NodeFault, match="devices cgroup of job 9.srv is not there"):
         for_node(cfg, "2:ppn=2:gpus=2", tmp_path, ms=False, index=1)
@@ -262,6 +444,43 @@ def test_driver_files_must_be_roots_alone(tmp_path):
         gpus.driver_binds(((str(mine), str(mine)),))
     with pytest.raises(NodeFault, match="missing here"):
         gpus.driver_binds((("/usr/lib/no-such-libcuda.so", "/usr/lib/x"),))
+
+
+def test_a_driver_directory_is_checked_to_its_last_entry(tmp_path, monkeypatch):
+    """A root 0755 directory that holds a 0666 library is not root's alone: every entry,
+    by lstat, and a bounded number of them. (The tree is under pytest's directory, whose
+    ancestors include /tmp, so the walk is called as driver_binds calls it.)"""
+    walked = []
+    monkeypatch.setattr(gpus, "_check_tree", lambda host, real: walked.append((host, real)))
+    assert gpus.driver_binds((("/etc", "/x"),)) == [("/etc", "/x", True)] and walked == [("/etc", "/etc")]
+    monkeypatch.undo()
+    top = tmp_path / "drv"
+    (top / "sub").mkdir(parents=True)
+    os.chmod(top, 0o755)
+    lib = top / "sub" / "libcuda.so.1"
+    lib.write_text("")
+    os.chmod(lib, 0o644)
+    os.symlink("libcuda.so.1", top / "sub" / "libcuda.so")                 # resolves inside the container
+    gpus._check_tree(str(top), str(top))
+    os.chmod(lib, 0o666)
+    with pytest.raises(NodeFault, match=r"libcuda.so.1 is not root's alone \(owner uid 0, mode 666\)"):
+        gpus._check_tree(str(top), str(top))
+    os.chmod(lib, 0o644)
+    os.chown(lib, 65534, 0)
+    with pytest.raises(NodeFault, match="not root's alone"):
+        gpus._check_tree(str(top), str(top))
+    os.chown(lib, 0, 0)
+    os.chmod(top / "sub", 0o775)
+    with pytest.raises(NodeFault, match="sub is not root's alone"):
+        gpus._check_tree(str(top), str(top))
+    os.chmod(top / "sub", 0o755)
+    os.mkfifo(top / "sub" / "fifo")
+    with pytest.raises(NodeFault, match="neither a file, a directory nor a link"):
+        gpus._check_tree(str(top), str(top))
+    os.unlink(top / "sub" / "fifo")
+    monkeypatch.setattr(gpus, "MAX_TREE", 2)
+    with pytest.raises(NodeFault, match="more than 2 entries"):
+        gpus._check_tree(str(top), str(top))
 
 
 def test_every_login_gets_its_containers_gpu_variables(tmp_path):
@@ -332,6 +551,34 @@ def test_the_nvidia_runtime_gets_a_device_request_for_exactly_the_containers_gpu
     assert plain["Env"] == ["NVIDIA_VISIBLE_DEVICES=void"]
 
 
+def test_an_nvidia_hook_that_fails_on_the_image_is_no_node_fault():
+    """nvidia-container-cli mounts the driver into the image's file system, so the image can
+    make it fail with the node-trouble words ('read-only file system'): a ContainerFault
+    (requeue, bounded), never a sister's node-down."""
+    from torque_docker.engine import EngineError
+    from torque_docker.errors import ContainerFault
+    text = ("OCI runtime create failed: error running hook #0: error running hook: exit status 1, stderr: "
+            "nvidia-container-cli: mount error: file creation failed: /merged/usr/lib64/libcuda.so.1: "
+            "read-only file system: unknown")
+
+    class Refusing(FakeEngine):
+        def start(self, ident):
+            raise EngineError(500, text)
+
+        def remove(self, ident, **kwargs):
+            raise EngineError(404, "gone")
+    runtime = Runtime("unix:///nonexistent/docker.sock", 5)
+    runtime.engine = Refusing()          # type: ignore[assignment]
+    spec = ContainerSpec(image="i", name="n", hostname="h", command=("sshd",), user="1:1", group_add=(),
+                         labels={}, binds=(), gpu_ids=("0",))
+    with pytest.raises(ContainerFault, match="an OCI hook failed") as info:
+        runtime.start(spec)
+    assert not errors.is_node_fault(info.value) and "nvidia-smi" in info.value.fix
+    text = "error running hook #0: nvidia-container-cli: ldcache error: open /etc/ld.so.cache: no such file or directory"
+    with pytest.raises(ContainerFault, match="an OCI hook failed"):     # not "the image has no sshd"
+        runtime.start(spec)
+
+
 def test_check_describes_the_method(tmp_path):
     dev = fake(tmp_path, 2)
     cfg = cfg_for(dev, sister="cgroup")
@@ -343,3 +590,32 @@ def test_check_describes_the_method(tmp_path):
     if not any(os.access(os.path.join(d, gpus.HOOK), os.X_OK) for d in gpus.HOOK_DIRS):
         with pytest.raises(NodeFault, match="nvidia-container-runtime-hook is not installed"):
             gpus.check_node(monkey)
+
+
+def test_check_compares_nvml_indices_with_torques_numbers(tmp_path, monkeypatch):
+    """nvidia-runtime hands Docker NVML indices; Torque numbers GPUs by /dev/nvidiaN's minor.
+    check says so, and FAILs where nvidia-smi shows they differ."""
+    dev = fake(tmp_path, 2)
+    cfg = cfg_for(dev, method="nvidia-runtime")
+    assert "nvidia-smi -q | grep -i 'minor number'" in gpus.describe(cfg)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)            # the hook "installed"
+    monkeypatch.setattr(gpus, "smi_index_minors", lambda: [(0, 0), (1, 1)])
+    gpus.check_node(cfg)
+    monkeypatch.setattr(gpus, "smi_index_minors", lambda: None)             # nothing to compare with
+    gpus.check_node(cfg)
+    monkeypatch.setattr(gpus, "smi_index_minors", lambda: [(0, 1), (1, 0)])
+    with pytest.raises(NodeFault, match="NVML's GPU 0 is /dev/nvidia1") as info:
+        gpus.check_node(cfg)
+    assert "method = devices" in info.value.fix
+
+
+
+def test_nvidia_smis_answer_is_read_or_ignored(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    monkeypatch.setattr(gpus, "HOOK_DIRS", (str(tmp_path),))
+    assert gpus.smi_index_minors() is None                                  # not installed
+    smi.write_text("#!/bin/sh\nprintf '0, 1\\n1, 0\\n'\n")
+    smi.chmod(0o755)
+    assert gpus.smi_index_minors() == [(0, 1), (1, 0)]
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'; exit 9\n")
+    assert gpus.smi_index_minors() is None
