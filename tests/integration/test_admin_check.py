@@ -236,7 +236,8 @@ CASES: List[Tuple[str, Callable, str, str]] = [
     ("config unknown key", _config_unknown_key, "config ", "unknown key 'port_rnge' in [network]; valid keys"),
     ("config bad value", _config_bad_value, "config ", "[jobs] shm_size = 'lots': is not a size like 1g"),
     ("alias not allowed", _config_alias_not_allowed, "config ", "deb = debian:12 is not in [images] allowed"),
-    ("docker unreachable", _docker_dead, "docker", "dead.sock does not answer"),
+    ("docker unreachable", _docker_dead, "docker", "does not answer (cannot connect to the Docker daemon at "
+                                                   "unix:///"),
     ("ssh drop-in missing", _dropin_missing, "ssh include", "90-torque-docker.conf is missing"),
     ("ssh drop-in elsewhere", _dropin_wrong_dir, "ssh include", "does not include /run/torque-docker/ssh/*.conf"),
     ("ssh_config lacks Include", _ssh_config_without_include, "ssh include", "has no 'Include"),
