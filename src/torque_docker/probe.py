@@ -23,7 +23,7 @@ import hashlib
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Generator, List, Optional, Sequence, Tuple
 
 from .errors import ContainerFault
 
@@ -234,36 +234,56 @@ def proves_host_key(address: str, port: int, token: str, expected_public: str, t
     no common algorithm, not SSH, no answer within ``timeout``)."""
     # Imported here: only the mother superior proves keys, and a hook pays ~20 ms for it.
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     deadline = time.monotonic() + timeout
     try:
         expected = host_key_blob(expected_public)
         with socket.create_connection((address, port), timeout=timeout) as sock:
             wire = _Wire(sock, deadline)
             sock.sendall(CLIENT_VERSION + b"\r\n")
-            server_version = wire.line()
-            banner = server_version.decode("ascii", "replace")
-            if not banner_matches(banner, token):
-                return None
-            client_kexinit = _client_kexinit()
-            wire.send(client_kexinit)
-            server_kexinit = wire.receive()
-            if server_kexinit[0] != MSG_KEXINIT:
-                return None
-            fields = _Fields(server_kexinit[17:])
-            server_kex, server_host_keys = fields.names(), fields.names()
-            if HOST_KEY_ALGORITHM not in server_host_keys or not any(k in server_kex for k in KEX_ALGORITHMS):
-                return None
-            ephemeral = X25519PrivateKey.generate()
-            q_c = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-            wire.send(bytes([MSG_KEX_ECDH_INIT]) + ssh_string(q_c))
-            reply = wire.receive()
-            if not _signed_by(expected, server_version, client_kexinit, server_kexinit, ephemeral, q_c, reply):
-                return None
-            return banner
+            exchange = _exchange(wire.line(), token, expected)
+            try:
+                step = next(exchange)
+                while True:
+                    if step is None:
+                        step = exchange.send(wire.receive())
+                    else:
+                        wire.send(step)
+                        step = exchange.send(None)
+            except StopIteration as done:
+                return done.value
     except (OSError, ValueError, InvalidSignature, IndexError):
         return None
+
+
+def _exchange(server_version: bytes, token: str,
+              expected: bytes) -> "Generator[Optional[bytes], Optional[bytes], Optional[str]]":
+    """The client's side of the proof (RFC 4253 7-8, RFC 8731), without I/O, so that the
+    threaded and the event-loop probes run the same checks: it yields a payload to send,
+    or None to be sent the server's next packet, and returns the banner when the server
+    signed the exchange with ``expected``, None when anything does not hold."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    banner = server_version.decode("ascii", "replace")
+    if not banner_matches(banner, token):
+        return None
+    client_kexinit = _client_kexinit()
+    yield client_kexinit
+    server_kexinit = yield None
+    assert server_kexinit is not None
+    if server_kexinit[0] != MSG_KEXINIT:
+        return None
+    fields = _Fields(server_kexinit[17:])
+    server_kex, server_host_keys = fields.names(), fields.names()
+    if HOST_KEY_ALGORITHM not in server_host_keys or not any(k in server_kex for k in KEX_ALGORITHMS):
+        return None
+    ephemeral = X25519PrivateKey.generate()
+    q_c = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    yield bytes([MSG_KEX_ECDH_INIT]) + ssh_string(q_c)
+    reply = yield None
+    assert reply is not None
+    if not _signed_by(expected, server_version, client_kexinit, server_kexinit, ephemeral, q_c, reply):
+        return None
+    return banner
 
 
 class _AsyncWire(_Wire):
@@ -340,8 +360,6 @@ async def aproves_host_key(address: str, port: int, token: str, expected_public:
     """``proves_host_key`` on the event loop: the same checks, the same answer."""
     # Imported here: only the mother superior proves keys, and a hook pays ~20 ms for it.
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     deadline = time.monotonic() + timeout
     writer = None
     try:
@@ -349,26 +367,17 @@ async def aproves_host_key(address: str, port: int, token: str, expected_public:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
         wire = _AsyncWire(reader, deadline)
         writer.write(CLIENT_VERSION + b"\r\n")
-        server_version = await wire.aline()
-        banner = server_version.decode("ascii", "replace")
-        if not banner_matches(banner, token):
-            return None
-        client_kexinit = _client_kexinit()
-        writer.write(_packet(client_kexinit))
-        server_kexinit = await wire.areceive()
-        if server_kexinit[0] != MSG_KEXINIT:
-            return None
-        fields = _Fields(server_kexinit[17:])
-        server_kex, server_host_keys = fields.names(), fields.names()
-        if HOST_KEY_ALGORITHM not in server_host_keys or not any(k in server_kex for k in KEX_ALGORITHMS):
-            return None
-        ephemeral = X25519PrivateKey.generate()
-        q_c = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        writer.write(_packet(bytes([MSG_KEX_ECDH_INIT]) + ssh_string(q_c)))
-        reply = await wire.areceive()
-        if _signed_by(expected, server_version, client_kexinit, server_kexinit, ephemeral, q_c, reply):
-            return banner
-        return None
+        exchange = _exchange(await wire.aline(), token, expected)
+        try:
+            step = next(exchange)
+            while True:
+                if step is None:
+                    step = exchange.send(await wire.areceive())
+                else:
+                    writer.write(_packet(step))
+                    step = exchange.send(None)
+        except StopIteration as done:
+            return done.value
     except (OSError, ValueError, InvalidSignature, IndexError, asyncio.TimeoutError):
         return None
     finally:
