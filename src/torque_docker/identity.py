@@ -183,8 +183,8 @@ def container_ids_problem(pid: int, user: UserInfo) -> Optional[str]:
     for process in process_tree(pid):
         try:
             text = _read_proc(process, "status")
-        except FileNotFoundError:
-            continue                      # it exited meanwhile
+        except (FileNotFoundError, ProcessLookupError):
+            continue                      # it exited meanwhile (an exiting task's files answer ESRCH)
         except OSError as exc:
             return f"process {process} cannot be read ({exc.strerror})"
         problem = ids_problem(text, user)

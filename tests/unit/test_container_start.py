@@ -284,3 +284,27 @@ def test_an_nvidia_hooks_error_is_never_node_trouble():
     assert not node_trouble(text)
     assert not node_trouble("nvidia-container-cli: initialization error: input/output error")
     assert not node_trouble("error running hook: exit status 1, stderr: no space left on device")
+
+
+def test_a_process_that_exits_while_its_ids_are_read_is_no_problem(monkeypatch):
+    """The MS's probe makes the sister's sshd fork a child per connection; one that exits
+    while root reads it answers ESRCH ("No such process"): gone, so it runs with no ids.
+    Taking it for a problem refused good jobs as the image's fault."""
+    import errno as errno_mod
+
+    from torque_docker import identity
+    user = UserInfo("alice", 1000, 1000, "/home/alice", "/bin/sh", "", (("alice", 1000),))
+    status = "Name:\tsshd\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\t1000 \n"
+
+    def read(pid, name):
+        if pid == 11:
+            raise ProcessLookupError(errno_mod.ESRCH, "No such process")
+        if pid == 12:
+            raise PermissionError(errno_mod.EACCES, "Permission denied")
+        return status
+
+    monkeypatch.setattr(identity, "process_tree", lambda pid: [10, 11])
+    monkeypatch.setattr(identity, "_read_proc", read)
+    assert identity.container_ids_problem(10, user) is None
+    monkeypatch.setattr(identity, "process_tree", lambda pid: [10, 12])     # alive but unreadable: a problem
+    assert "cannot be read" in identity.container_ids_problem(10, user)
