@@ -321,7 +321,7 @@ class Runtime:
             raise self._down(exc) from None
         except EngineError as exc:
             text = re.sub(r"/\S*/merged(?=/)", "", _short(exc))        # Docker's own storage paths
-            if any(word in text.lower() for word in NODE_TROUBLE):
+            if node_trouble(text):
                 raise NodeFault(f"Docker could not read {path} of image {image_id[:19]}: {text}") from None
             # Docker resolves the path inside the image: a symlink loop or a path through a
             # file is the image's doing ("too many links"), never a fault of the node.

@@ -139,6 +139,13 @@ def hosts_and_users(one_integration_run_at_a_time):
         os.chmod(pwd.getpwnam(name).pw_dir, 0o755)
 
 
+def requeued_as_node_fault(site, result, *words: str) -> None:
+    """The MS prologue exited 2 (Torque requeues the job) and the admin log says why."""
+    assert result.state == "Q" and result.runs("prologue")[0].rc == 2, result.stdout + result.stderr
+    log = site.log_file.read_text()
+    assert all(word in log for word in words), log
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     """Poll until predicate() is true; every wait in the tests has a bound."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import List
 
-from conftest import OPENMPI_IMAGE
+from conftest import OPENMPI_IMAGE, requeued_as_node_fault
 
 SCRIPT = """#!/bin/bash
 ls /dev/infiniband | sort | sed 's/^/IB /'
@@ -78,10 +78,8 @@ def test_rdma_devices_get_memlock_unlimited_or_a_clear_node_fault(make_site, doc
         assert result.exit_status == 0, result.stdout + result.stderr
         assert "MEMLOCK unlimited unlimited" in body(result), result.stdout + result.stderr
     else:
-        assert result.state == "Q" and result.runs("prologue")[0].rc == 2         # node fault: requeue
-        log = site.log_file.read_text()
-        assert "could not give container" in log and "memlock=unlimited:unlimited" in log, log
-        assert "LimitMEMLOCK=infinity" in log, log
+        requeued_as_node_fault(site, result, "could not give container", "memlock=unlimited:unlimited",
+                               "LimitMEMLOCK=infinity")
     assert site.leftovers(docker_client, job.jobid) == []
 
 
@@ -101,9 +99,7 @@ def test_a_missing_device_is_the_nodes_fault(make_site, docker_client, tmp_path)
     shutil.rmtree(ib)                 # the driver is gone after the config was written
     job = site.job(SCRIPT, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
     result = site.cluster.run(job)
-    assert result.state == "Q" and result.runs("prologue")[0].rc == 2          # node fault: requeue
-    log = site.log_file.read_text()
-    assert f"device {ib} ([devices] paths) is missing on this node" in log, log
+    requeued_as_node_fault(site, result, f"device {ib} ([devices] paths) is missing on this node")
     assert site.leftovers(docker_client, job.jobid) == []
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from conftest import OPENMPI_IMAGE
+from conftest import OPENMPI_IMAGE, requeued_as_node_fault
 
 MINORS = (3, 5, 7, 8)                # GPU i is char 1:MINORS[i] (hex in stat's %t:%T)
 CTL_MINOR = 9
@@ -89,14 +89,21 @@ def rank_rows(result) -> Dict[str, tuple]:
     return {alias: (cuda, devs) for alias, cuda, devs in rows}
 
 
-def test_per_process_containers_get_their_share_of_the_nodes_gpus(make_site, docker_client, tmp_path):
-    """4 GPUs among 2 containers: two each, in slot order; each sees only its own, as 0,1."""
+def per_process_gpu_job(make_site, tmp_path, processes: int, gpus: int):
+    """A one-node per-process job of ``processes`` slots asking for ``gpus`` of 4 stand-in GPUs:
+    (site, job, result, {alias: (CUDA_VISIBLE_DEVICES, device nodes)}); it must succeed."""
     site = make_site(nodes=1, extra_config=gpu_config(fake_gpus(tmp_path)))
-    job = site.job(PER_RANK.format(np=2), [("tdnode0", 2)], other=f"image={OPENMPI_IMAGE};model=process")
-    job.nodes_spec = "tdnode0:ppn=2:gpus=4"
+    job = site.job(PER_RANK.format(np=processes), [("tdnode0", processes)],
+                   other=f"image={OPENMPI_IMAGE};model=process")
+    job.nodes_spec = f"tdnode0:ppn={processes}:gpus={gpus}"
     result = site.cluster.run(job)
     assert result.exit_status == 0, result.stdout + result.stderr
-    rows = rank_rows(result)
+    return site, job, result, rank_rows(result)
+
+
+def test_per_process_containers_get_their_share_of_the_nodes_gpus(make_site, docker_client, tmp_path):
+    """4 GPUs among 2 containers: two each, in slot order; each sees only its own, as 0,1."""
+    site, job, result, rows = per_process_gpu_job(make_site, tmp_path, processes=2, gpus=4)
     assert sorted(rows.values()) == [("0,1", "nvidia0,nvidia1,"), ("0,1", "nvidia2,nvidia3,")], \
         result.stdout + result.stderr
     first = min(rows)                                   # slot 0's alias sorts first (…-0)
@@ -105,12 +112,7 @@ def test_per_process_containers_get_their_share_of_the_nodes_gpus(make_site, doc
 
 
 def test_fewer_gpus_than_processes_share_them_in_slot_order(make_site, docker_client, tmp_path):
-    site = make_site(nodes=1, extra_config=gpu_config(fake_gpus(tmp_path)))
-    job = site.job(PER_RANK.format(np=3), [("tdnode0", 3)], other=f"image={OPENMPI_IMAGE};model=process")
-    job.nodes_spec = "tdnode0:ppn=3:gpus=2"
-    result = site.cluster.run(job)
-    assert result.exit_status == 0, result.stdout + result.stderr
-    rows = rank_rows(result)
+    site, job, result, rows = per_process_gpu_job(make_site, tmp_path, processes=3, gpus=2)
     assert [rows[a] for a in sorted(rows)] == [("0", "nvidia0,"), ("0", "nvidia0,"), ("0", "nvidia1,")], \
         result.stdout + result.stderr
     assert site.leftovers(docker_client, job.jobid) == []
@@ -181,9 +183,7 @@ def test_a_missing_gpu_device_is_the_nodes_fault(make_site, docker_client, tmp_p
     job = site.job(SCRIPT, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
     job.nodes_spec = "tdnode0:ppn=1:gpus=1"
     result = site.cluster.run(job)
-    assert result.state == "Q" and result.runs("prologue")[0].rc == 2          # node fault: requeue
-    log = site.log_file.read_text()
-    assert f"GPU device {dev}/nvidiactl ([gpus] shared_devices) is missing here" in log, log
+    requeued_as_node_fault(site, result, f"GPU device {dev}/nvidiactl ([gpus] shared_devices) is missing here")
     assert site.leftovers(docker_client, job.jobid) == []
 
 
@@ -207,7 +207,5 @@ def test_the_nvidia_runtime_where_docker_has_none_is_the_nodes_fault(make_site, 
     job = site.job(SCRIPT, [("tdnode0", 1)], other=f"image={OPENMPI_IMAGE}")
     job.nodes_spec = "tdnode0:ppn=1:gpus=2"
     result = site.cluster.run(job)
-    assert result.state == "Q" and result.runs("prologue")[0].rc == 2          # node fault: requeue
-    log = site.log_file.read_text()
-    assert "could not give container" in log and "its GPUs 0,1" in log and "NVIDIA Container Toolkit" in log, log
+    requeued_as_node_fault(site, result, "could not give container", "its GPUs 0,1", "NVIDIA Container Toolkit")
     assert site.leftovers(docker_client, job.jobid) == []
