@@ -115,14 +115,15 @@ def refuse_requested(resources: Mapping[str, str], method: str = "none", sister:
     at qsub (the submit filter) and in the MS prologue; never the node's fault, since every
     node of the site would answer the same."""
     spec = nodes_request(resources)
-    count = requested(spec)
+    asked = per_node(spec)
+    count = sum(asked)
     if not count:
         return
     if method == "none":
         raise PolicyError(f"the job asks for {count} GPU(s) (gpus= in nodes={spec}), and this site gives "
                           "containers no GPUs ([gpus] method = none)",
                           "run GPU jobs without image=, drop gpus= if the job needs no GPU, or ask the admin")
-    if sister == "refuse" and any(per_node(spec)[1:]):
+    if sister == "refuse" and any(asked[1:]):
         raise PolicyError(f"the job asks for GPUs on more than its first node (nodes={spec}); this site gives "
                           "container jobs GPUs on the first node only ([gpus] sister = refuse): only there "
                           "does Torque say which GPUs it chose",

@@ -56,7 +56,8 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
     run = run_mode(request, cfg, ctx.pbs_home) if ctx.is_ms else "host"
     extra_mounts = policy.check_mounts(request.mounts, cfg)
     ulimits = policy.container_ulimits(request.ulimits, cfg, devices.is_rdma(cfg.devices_paths))
-    gpus.refuse_requested(parse_resource_list(ctx.resource_list), cfg.gpus_method, cfg.gpus_sister)
+    requested = parse_resource_list(ctx.resource_list)
+    gpus.refuse_requested(requested, cfg.gpus_method, cfg.gpus_sister)
     user = lookup(ctx.user, ctx.group)
     secret = keys.load_secret(cfg.paths_secret_file)
     identity = keys.JobIdentity.of(ctx)          # job ids repeat: bind the keys to who runs it
@@ -66,7 +67,6 @@ def prologue(ctx: HookContext, cfg: Config, log: Log) -> Setup:
         return keys.candidate_ports(secret, identity, node_index, slot, cfg.network_port_range,
                                     cfg.network_port_candidates)
 
-    requested = parse_resource_list(ctx.resource_list)
     note = ""
     if ctx.is_ms:
         # What the server assigned (exec_host), never the nodefile, which the job's own

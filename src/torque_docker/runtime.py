@@ -1,6 +1,6 @@
 """Everything that talks to Docker: the only module (with engine.py) that does.
 
-The hooks' calls go through engine.py (http.client on the daemon's socket): importing the
+The hooks' calls go through engine.py (its own HTTP/1.1 on the daemon's socket): importing the
 Docker SDK would cost every hook more than starting its container (docs/performance.md).
 The SDK is imported only by what streams or authenticates: pull, load, tag, the admin's
 live update and ``client`` (check). Errors of either are turned into the package's own

@@ -187,7 +187,7 @@ class MomConfig:
     def starter_is_ours(self) -> bool:
         """Is torque-docker's job starter pbs_mom's ``$job_starter``? Only then can a script move
         into a container."""
-        return any("torque-docker" in value for value in self.values("job_starter"))
+        return "torque-docker" in (self.job_starter() or "")
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
